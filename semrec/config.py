@@ -1,0 +1,274 @@
+"""Typed experiment configuration: YAML in, validated pydantic models out, clear errors.
+
+Defaults live here, so an experiment YAML states only what it changes. Unknown keys are
+rejected with the closest valid names; component parameters (``tokenizer.params``,
+``tasks[i].params``, ``encoder.params``) are checked against the registered component's
+constructor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TextConfig(_Section):
+    """How an item's text is built from its fields (``semrec.text.item_text``)."""
+
+    fields: list[str] | None = None
+    template: str | None = None
+    missing: Literal["error", "skip"] = "skip"
+
+
+class DatasetConfig(_Section):
+    source: str = "ml-100k"
+    path: str | None = None
+    name: str | None = None
+    kcore: int = Field(0, ge=0)
+    max_history: int = Field(20, ge=1)
+    max_train_examples_per_user: int | None = Field(None, ge=1)
+    short_users: Literal["error", "drop"] = "error"
+    text: TextConfig = TextConfig()
+
+
+class ComponentConfig(_Section):
+    """A registry entry plus its constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
+class EncoderConfig(ComponentConfig):
+    name: str = "sentence_transformer"
+
+
+class TokenizerConfig(ComponentConfig):
+    name: str = "rqkmeans"
+
+
+class TaskConfig(ComponentConfig):
+    name: str = "seq"
+    weight: float = Field(1.0, gt=0)
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+    new_tokens: Literal["token_indices", "full_embeddings", "frozen"] = "token_indices"
+
+
+class ModelConfig(_Section):
+    backbone: str = "embedded"
+    quantization: Literal["nf4", "fp4"] | None = None
+    embedding_init: Literal["mean_resizing", "mean", "random"] = "mean_resizing"
+    lora: LoraConfig = LoraConfig()
+    use_chat_template: bool = True
+    system_prompt: str | None = "You are a recommender system."
+    max_prompt_tokens: int = Field(512, ge=16)
+    tiny_hidden_size: int = Field(64, ge=8)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(1, ge=0)
+    max_steps: int = Field(-1, ge=-1)
+    max_train_samples: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    gradient_clip: float | None = 1.0
+    precision: Literal["32", "bf16-mixed", "bf16-true"] = "bf16-mixed"
+    val_check_interval: float | int = 1.0
+    early_stopping_patience: int | None = Field(None, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    num_threads: int | None = None
+
+
+class EvalConfig(_Section):
+    num_beams: int = Field(20, ge=1)
+    ks: list[int] = [1, 5, 10]
+    batch_size: int = Field(16, ge=1)
+    score_mode: Literal["full_vocab", "renormalized"] = "full_vocab"
+    max_valid_users: int | None = Field(None, ge=1)
+    max_test_users: int | None = Field(None, ge=1)
+    baselines: list[Literal["popularity"]] = ["popularity"]
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class ExperimentConfig(_Section):
+    """Everything one ``semrec fit`` run needs."""
+
+    name: str = "experiment"
+    run_dir: str | None = None
+    seed: int = 42
+    dataset: DatasetConfig = DatasetConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    tasks: list[TaskConfig] = [TaskConfig()]
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def check_components(self) -> None:
+        """Check registry names and their ``params`` against the registered constructors."""
+        from semrec.tasks import TASKS
+        from semrec.text.encoders import TEXT_ENCODERS
+        from semrec.tokenizers import TOKENIZERS
+
+        _check_component("encoder", self.encoder, TEXT_ENCODERS)
+        _check_component("tokenizer", self.tokenizer, TOKENIZERS)
+        for i, task in enumerate(self.tasks):
+            _check_component(f"tasks[{i}]", task, TASKS)
+        if max(self.eval.ks) > self.eval.num_beams:
+            raise ConfigError(
+                f"eval.ks: largest k ({max(self.eval.ks)}) exceeds eval.num_beams "
+                f"({self.eval.num_beams}); a beam search returns at most num_beams items"
+            )
+
+
+def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
+    try:
+        factory = registry.get(cfg.name)
+    except KeyError as err:
+        raise ConfigError(f"{where}.name: {err}") from None
+    signature = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    accepted = [n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY or (
+        p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")]
+    for key in cfg.params:
+        if key not in accepted:
+            raise ConfigError(
+                f"{where}.params.{key}: {cfg.name!r} has no parameter {key!r}"
+                f"{_did_you_mean(key, accepted)} (accepted: {', '.join(accepted)})"
+            )
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names of the section that ``loc`` (minus its last part) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if inspect.isclass(current) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next(
+            (c for c in candidates if inspect.isclass(c) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            return []
+    return list(current.model_fields) if inspect.isclass(current) else []
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(ExperimentConfig, loc)
+            lines.append(
+                f"{key}: unknown key{_did_you_mean(str(loc[-1]), valid)}"
+                f" (valid keys here: {', '.join(valid)})"
+            )
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=2`` -> (["train", "epochs"], 2); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a raw config dict (before validation); list items by index."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        last = path[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply ``key=value`` overrides, validate everything."""
+    data: dict = {}
+    source = "<overrides>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data.setdefault("name", path.stem)
+    try:
+        data = apply_overrides(data, list(overrides or []))
+    except (KeyError, IndexError, ValueError, TypeError) as err:
+        raise ConfigError(f"could not apply overrides {overrides}: {err}") from None
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    config.check_components()
+    return config
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

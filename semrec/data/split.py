@@ -1,0 +1,180 @@
+"""Filtering and the leave-one-out split (as in LC-Rec, TIGER and RecBole's ``LS``).
+
+For a user whose chronological sequence is ``s`` (length ``n``):
+
+- test:  history ``s[:n-1]``, target ``s[n-1]``;
+- valid: history ``s[:n-2]``, target ``s[n-2]``;
+- train: the training part ``s[:n-2]``; one example per prefix, targets ``s[1] .. s[n-3]``.
+
+Histories keep only their last ``max_history`` items. Everything is deterministic: users in
+index order, examples in time order, timestamp ties broken by file order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from semrec.data.dataset import DataError, RecDataset
+
+MIN_SEQUENCE_LENGTH = 3
+
+
+def kcore_filter(ds: RecDataset, k: int) -> RecDataset:
+    """Keep the largest subset where every user and item has at least ``k`` interactions.
+
+    Filtering repeats until stable (dropping items can push users below ``k`` and back).
+    Users and items left without interactions are removed and re-indexed in their original
+    order; all per-user / per-item side information stays aligned. ``k <= 1`` is a no-op.
+    """
+    if k <= 1:
+        return ds
+    keep = np.ones(ds.num_interactions, dtype=bool)
+    while True:
+        user_counts = np.bincount(ds.users[keep], minlength=ds.num_users)
+        item_counts = np.bincount(ds.items[keep], minlength=ds.num_items)
+        still_ok = keep & (user_counts[ds.users] >= k) & (item_counts[ds.items] >= k)
+        if np.array_equal(still_ok, keep):
+            break
+        keep = still_ok
+
+    kept_users = np.flatnonzero(np.bincount(ds.users[keep], minlength=ds.num_users))
+    kept_items = np.flatnonzero(np.bincount(ds.items[keep], minlength=ds.num_items))
+    new_user = np.full(ds.num_users, -1, dtype=np.int64)
+    new_user[kept_users] = np.arange(len(kept_users))
+    new_item = np.full(ds.num_items, -1, dtype=np.int64)
+    new_item[kept_items] = np.arange(len(kept_items))
+
+    def per_user(values: list | None) -> list | None:
+        return None if values is None else [values[u] for u in kept_users]
+
+    def per_item(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in kept_items]
+
+    return RecDataset(
+        name=ds.name,
+        user_ids=per_user(ds.user_ids),
+        item_ids=per_item(ds.item_ids),
+        users=new_user[ds.users[keep]],
+        items=new_item[ds.items[keep]],
+        timestamps=ds.timestamps[keep],
+        ratings=None if ds.ratings is None else ds.ratings[keep],
+        item_text=per_item(ds.item_text),
+        user_text=per_user(ds.user_text),
+        user_features=per_user(ds.user_features),
+        precomputed_sids=per_item(ds.precomputed_sids),
+        source=ds.source,
+    )
+
+
+@dataclass(frozen=True)
+class Example:
+    """One next-item prediction: after ``history`` (oldest first), ``user`` chose ``target``."""
+
+    user: int
+    history: tuple[int, ...]
+    target: int
+
+
+@dataclass
+class Split:
+    """Leave-one-out examples plus what evaluation needs to know about the catalogue.
+
+    ``train_sequences[u]`` is user ``u``'s training part ``s[:n-2]`` (empty for dropped
+    users); use it for anything fitted on training data only (popularity, co-occurrence).
+    """
+
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    num_items: int
+    num_users: int
+    train_sequences: list[np.ndarray] = field(default_factory=list)
+    dropped_users: int = 0
+
+    def train_item_counts(self) -> np.ndarray:
+        """Per item, how often it occurs in the users' training parts (int64)."""
+        if not self.train_sequences:
+            return np.zeros(self.num_items, dtype=np.int64)
+        return np.bincount(np.concatenate(self.train_sequences), minlength=self.num_items)
+
+    def summary(self) -> dict:
+        return {
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "train_examples": len(self.train),
+            "valid_examples": len(self.valid),
+            "test_examples": len(self.test),
+            "dropped_users": self.dropped_users,
+        }
+
+
+def leave_one_out(
+    ds: RecDataset,
+    max_history: int | None = 20,
+    max_train_examples_per_user: int | None = None,
+    short_users: Literal["error", "drop"] = "error",
+) -> Split:
+    """Split every user's sequence into train / valid / test examples (see module docstring).
+
+    ``max_history=None`` keeps whole histories; ``max_train_examples_per_user`` keeps each
+    user's most recent training examples. Users with fewer than 3 interactions raise a
+    ``DataError`` unless ``short_users="drop"``.
+    """
+    if max_history is not None and max_history < 1:
+        raise ValueError(f"max_history must be >= 1 or None, got {max_history}")
+    if max_train_examples_per_user is not None and max_train_examples_per_user < 1:
+        raise ValueError(
+            f"max_train_examples_per_user must be >= 1 or None, got {max_train_examples_per_user}"
+        )
+    if short_users not in ("error", "drop"):
+        raise ValueError(f"short_users must be 'error' or 'drop', got {short_users!r}")
+
+    sequences = ds.sequences()
+    short = [u for u, seq in enumerate(sequences) if len(seq) < MIN_SEQUENCE_LENGTH]
+    if short and short_users == "error":
+        first = short[0]
+        raise DataError(
+            f"user {ds.user_ids[first]!r} has {len(sequences[first])} interaction(s) and "
+            f"{len(short)} of {ds.num_users} users have fewer than {MIN_SEQUENCE_LENGTH}, "
+            "which leave-one-out needs (one each for train, valid and test). Set "
+            "`dataset.short_users: drop` or apply a k-core filter (k >= 3).",
+            source=ds.source or ds.name,
+        )
+
+    def clip(history: np.ndarray) -> tuple[int, ...]:
+        if max_history is not None:
+            history = history[-max_history:]
+        return tuple(history.tolist())
+
+    short_set = set(short)
+    train: list[Example] = []
+    valid: list[Example] = []
+    test: list[Example] = []
+    train_sequences: list[np.ndarray] = []
+    for user, seq in enumerate(sequences):
+        if user in short_set:
+            train_sequences.append(seq[:0])
+            continue
+        n = len(seq)
+        train_part = seq[: n - 2]
+        train_sequences.append(train_part)
+        first_target = 1
+        if max_train_examples_per_user is not None:
+            first_target = max(1, len(train_part) - max_train_examples_per_user)
+        for t in range(first_target, len(train_part)):
+            train.append(Example(user, clip(train_part[:t]), int(train_part[t])))
+        valid.append(Example(user, clip(seq[: n - 2]), int(seq[n - 2])))
+        test.append(Example(user, clip(seq[: n - 1]), int(seq[n - 1])))
+
+    return Split(
+        train=train,
+        valid=valid,
+        test=test,
+        num_items=ds.num_items,
+        num_users=ds.num_users,
+        train_sequences=train_sequences,
+        dropped_users=len(short),
+    )

@@ -1,0 +1,22 @@
+"""Trie-constrained decoding of item semantic IDs.
+
+- :class:`SIDTrie`: tensor prefix trie over the valid SID token sequences;
+- :class:`ConstrainedBeamSearch`: batched beam search that encodes each prompt once;
+- :class:`TrieLogitsProcessor`: the same constraint inside ``model.generate()``;
+- :func:`exact_item_scores`: brute-force scoring of every item (correctness reference).
+"""
+
+from semrec.decoding.beam_search import ConstrainedBeamSearch, DecodeResult, ScoreMode
+from semrec.decoding.logits_processor import TrieLogitsProcessor, sequences_to_items
+from semrec.decoding.reference import exact_item_scores
+from semrec.decoding.trie import SIDTrie
+
+__all__ = [
+    "ConstrainedBeamSearch",
+    "DecodeResult",
+    "SIDTrie",
+    "ScoreMode",
+    "TrieLogitsProcessor",
+    "exact_item_scores",
+    "sequences_to_items",
+]

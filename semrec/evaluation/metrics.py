@@ -1,0 +1,75 @@
+"""Full-ranking top-K metrics for leave-one-out evaluation (one held-out target per user).
+
+With ``r`` the 0-based position of the target in the ranked list (``r = inf`` if absent):
+HR@k = [r < k], NDCG@k = [r < k] / log2(r + 2), MRR@k = [r < k] / (r + 1). With a single
+relevant item the ideal DCG is 1, so NDCG needs no normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+
+
+def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based position of each target in its ranked row, ``inf`` where absent.
+
+    ``ranked``: LongTensor [B, K] of item ids (``-1`` for empty slots); ``targets``: [B].
+    """
+    hits = ranked == targets.unsqueeze(1)
+    position = torch.arange(ranked.shape[1], dtype=torch.float32).expand_as(ranked)
+    return torch.where(hits, position, torch.full_like(position, math.inf)).min(dim=1).values
+
+
+def ranking_metrics(ranks: torch.Tensor, ks: list[int], mrr_k: int | None = None) -> dict[str, float]:
+    """HR@k, NDCG@k for every k in ``ks`` and MRR@``mrr_k`` (default: largest k), averaged."""
+    out: dict[str, float] = {}
+    if ranks.numel() == 0:
+        return out
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = hit.float().mean().item()
+        gain = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
+        out[f"ndcg@{k}"] = gain.mean().item()
+    k = mrr_k or max(ks)
+    hit = ranks < k
+    out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1.0), torch.zeros_like(ranks)).mean().item()
+    return out
+
+
+class TopKRankingMetrics(Metric):
+    """Accumulates ranked lists over batches; reports ranking metrics, invalid rate, coverage.
+
+    ``invalid_rate`` is the fraction of returned top-``max(ks)`` slots that hold no real item
+    (a constrained decoder keeps it at 0; free generation does not); ``coverage`` is the
+    fraction of the catalogue appearing in at least one top-``max(ks)`` list.
+    """
+
+    full_state_update = False
+
+    def __init__(self, ks: list[int], num_items: int) -> None:
+        super().__init__()
+        self.ks = sorted(ks)
+        self.num_items = num_items
+        self.add_state("ranks", default=[], dist_reduce_fx="cat")
+        self.add_state("invalid", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("slots", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("seen", default=torch.zeros(num_items, dtype=torch.bool), dist_reduce_fx="max")
+
+    def update(self, ranked: torch.Tensor, targets: torch.Tensor) -> None:
+        top = ranked[:, : max(self.ks)]
+        self.ranks.append(target_ranks(top, targets))
+        valid = (top >= 0) & (top < self.num_items)
+        self.invalid += (~valid).sum()
+        self.slots += top.numel()
+        self.seen[top[valid]] = True
+
+    def compute(self) -> dict[str, float]:
+        ranks = torch.cat(self.ranks) if self.ranks else torch.empty(0)
+        out = ranking_metrics(ranks, self.ks)
+        out["invalid_rate"] = (self.invalid / self.slots.clamp(min=1)).item()
+        out["coverage"] = self.seen.float().mean().item()
+        out["users"] = float(ranks.numel())
+        return out

@@ -1,0 +1,23 @@
+"""The markdown metrics table printed at the end of a run and saved as ``metrics.md``."""
+
+from __future__ import annotations
+
+
+def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | None = None) -> str:
+    """One row per method (the tuned LLM, each baseline) on the test users."""
+    columns = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1] + [f"mrr@{max(ks)}"]
+    rows = [("semrec (test)", "test/")]
+    baselines = sorted({key.split("/")[0] for key in metrics if key.count("/") == 2})
+    rows += [(f"{name} (test)", f"{name}/test/") for name in baselines]
+    extra = ["invalid_rate", "coverage"]
+    header = "| method | " + " | ".join(c.upper() for c in columns + extra) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + len(extra) + 1)]
+    for label, prefix in rows:
+        cells = []
+        for column in columns + extra:
+            value = metrics.get(prefix + column)
+            cells.append("-" if value is None else f"{value:.4f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for note in notes or []:
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""LoRA / QLoRA wrapping with the new SID token rows kept trainable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+NewTokenTraining = Literal["token_indices", "full_embeddings", "frozen"]
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    sid_token_ids: list[int],
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: list[str] | str = "all-linear",
+    new_tokens: NewTokenTraining = "token_indices",
+    quantized: bool = False,
+) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; make the SID embedding rows trainable.
+
+    ``new_tokens`` chooses how the SID rows learn (a frozen random row can never become a
+    meaningful item token, a silent failure seen in several peer repositories):
+
+    - ``token_indices``: PEFT's ``trainable_token_indices`` trains only the SID rows of the
+      input embedding (and of a tied output layer), ~0.3% of SmolLM2's parameters;
+    - ``full_embeddings``: trainable full copies of ``embed_tokens`` and ``lm_head``;
+    - ``frozen``: leave them frozen (an ablation, not a sensible default).
+    """
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    extra: dict = {}
+    embed_name = _embedding_module_name(model)
+    if new_tokens == "token_indices":
+        extra["trainable_token_indices"] = {embed_name: list(sid_token_ids)}
+    elif new_tokens == "full_embeddings":
+        extra["modules_to_save"] = [embed_name, "lm_head"]
+    elif new_tokens != "frozen":
+        raise ValueError(f"unknown new_tokens mode {new_tokens!r}")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+        **extra,
+    )
+    return get_peft_model(model, config)
+
+
+def _embedding_module_name(model: PreTrainedModel) -> str:
+    embedding = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is embedding:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("model has no input embedding module")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,101 @@
+"""Saving and restoring only the trained parameters (LoRA, SID rows), best-by-validation.
+
+A full Lightning checkpoint of SmolLM2 would store the frozen 135M base on every save; the
+trainable part is ~3M parameters. ``trainable.safetensors`` holds exactly the parameters
+with ``requires_grad`` (LoRA matrices, PEFT's trainable SID rows, or everything when LoRA is
+off), keyed by their names in the wrapped model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from semrec.artifacts import atomic_dir, write_json
+
+WEIGHTS_FILE = "trainable.safetensors"
+
+
+class CheckpointMismatchError(RuntimeError):
+    """Saved weights do not fit the model they are loaded into."""
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: param.detach().cpu().contiguous().clone()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def save_trained_weights(model: nn.Module, directory: Path, metrics: dict | None = None) -> None:
+    """Atomically write the trainable parameters (and the metrics they scored) to ``directory``."""
+    state = trainable_state(model)
+    with atomic_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        write_json(tmp / "info.json", {"parameters": len(state), "metrics": metrics or {}})
+
+
+def load_trained_weights(model: nn.Module, directory: Path) -> None:
+    """Load ``trainable.safetensors`` into ``model``; every saved tensor must match by name and shape."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path} does not exist; was training finished?")
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {err}") from None
+    params = dict(model.named_parameters())
+    missing = sorted(set(saved) - set(params))
+    if missing:
+        raise CheckpointMismatchError(
+            f"{path}: {len(missing)} saved tensors have no counterpart in the model "
+            f"(e.g. {missing[:3]}); the run was trained with a different model or LoRA config"
+        )
+    expected = {n for n, p in params.items() if p.requires_grad}
+    absent = sorted(expected - set(saved))
+    if absent:
+        raise CheckpointMismatchError(
+            f"{path}: no saved values for {len(absent)} trainable tensors (e.g. {absent[:3]})"
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            param = params[name]
+            if param.shape != tensor.shape:
+                raise CheckpointMismatchError(
+                    f"{path}: tensor {name} has shape {tuple(tensor.shape)}, model expects "
+                    f"{tuple(param.shape)} (different vocabulary or LoRA rank?)"
+                )
+            param.copy_(tensor.to(param.dtype))
+
+
+class BestAdapterCheckpoint(L.Callback):
+    """Saves the trainable weights whenever ``monitor`` (e.g. ``val/ndcg@10``) improves."""
+
+    def __init__(self, directory: Path, monitor: str | None) -> None:
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_metrics: dict[str, float] | None = None
+        self.saved = False
+
+    def save(self, model: nn.Module, metrics: dict | None = None) -> None:
+        save_trained_weights(model, self.directory, metrics)
+        self.saved = True
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value > self.best:
+            self.best = value
+            self.best_metrics = dict(getattr(pl_module, "last_metrics", {}).get("val", {}))
+            self.save(pl_module.model, {self.monitor: value})

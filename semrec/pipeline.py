@@ -1,0 +1,480 @@
+"""One experiment run: data -> embeddings -> SIDs -> LoRA tuning -> constrained evaluation.
+
+:class:`Run` executes the stages of an :class:`~semrec.config.ExperimentConfig` and writes
+everything to a run directory::
+
+    run_dir/
+      config.yaml        the resolved config (every default filled in)
+      stages.json        fingerprint of each finished stage; unchanged stages are reused
+      tokenizer/         tokenizer state, SID table (index.json), stats.json
+      adapter/           LoRA adapter + trained SID rows (or full weights when LoRA is off)
+      hf_tokenizer/      the LLM tokenizer with the SID tokens added
+      logs/ tb/          CSV and TensorBoard logs
+      metrics.json       flat metrics: test/hr@10, valid/..., popularity/test/hr@10, ...
+      metrics.md         the table printed at the end
+
+Every file is written atomically, so a failing stage leaves the previous state intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semrec.artifacts import atomic_dir, atomic_write, content_hash, read_json, write_json
+from semrec.config import ExperimentConfig, dump_config
+from semrec.data import RecDataset, Split, kcore_filter, leave_one_out, load_dataset
+from semrec.data.datamodule import GenRecDataModule
+from semrec.decoding import ConstrainedBeamSearch, SIDTrie
+from semrec.evaluation.popularity import evaluate_popularity
+from semrec.evaluation.report import metrics_table
+from semrec.models.prompting import PromptFormatter
+from semrec.tasks import TASKS, RecommendationTask, TaskContext
+from semrec.text.item_text import ItemTextBuilder
+from semrec.tokenizers import TOKENIZERS, ItemTokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A run directory is inconsistent with the config or incomplete."""
+
+
+@dataclass
+class PreparedData:
+    dataset: RecDataset
+    split: Split
+    item_texts: list[str]
+
+
+class Run:
+    """Executes the stages of one experiment; each stage is reused when its inputs are unchanged."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else config.resolved_run_dir()
+        self.echo = echo
+        self.timings: dict[str, float] = {}
+        torch.manual_seed(config.seed)
+        if config.train.num_threads:
+            torch.set_num_threads(config.train.num_threads)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def stages_file(self) -> Path:
+        return self.run_dir / "stages.json"
+
+    def _stages(self) -> dict[str, str]:
+        return read_json(self.stages_file) if self.stages_file.exists() else {}
+
+    def _stage_done(self, name: str, fingerprint: str) -> bool:
+        return self._stages().get(name) == fingerprint
+
+    def _mark_stage(self, name: str, fingerprint: str) -> None:
+        stages = self._stages()
+        stages[name] = fingerprint
+        # later stages depend on this one: forget them
+        order = ["tokenizer", "train", "test"]
+        for later in order[order.index(name) + 1 :]:
+            stages.pop(later, None)
+        write_json(self.stages_file, stages)
+
+    def _timed(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.perf_counter() - start, 2)
+
+    def write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.run_dir / "config.yaml") as fh:
+            fh.write(dump_config(self.config))
+
+    # ------------------------------------------------------------------ data
+
+    @cached_property
+    def data(self) -> PreparedData:
+        start = time.perf_counter()
+        cfg = self.config.dataset
+        dataset = load_dataset(cfg.source, cfg.path, cfg.name)
+        dataset = kcore_filter(dataset, cfg.kcore)
+        split = leave_one_out(
+            dataset,
+            max_history=cfg.max_history,
+            max_train_examples_per_user=cfg.max_train_examples_per_user,
+            short_users=cfg.short_users,
+        )
+        texts = ItemTextBuilder(
+            fields=cfg.text.fields, template=cfg.text.template, missing=cfg.text.missing
+        ).build(dataset)
+        self._timed("data", start)
+        s = dataset.summary()
+        self.echo(
+            f"[data] {dataset.name}: {s['num_users']} users, {s['num_items']} items, "
+            f"{s['num_interactions']} interactions; {len(split.train)} train examples "
+            f"(history <= {cfg.max_history})"
+        )
+        return PreparedData(dataset, split, texts)
+
+    # ------------------------------------------------------------------ tokenizer
+
+    def _tokenizer_fingerprint(self) -> str:
+        c = self.config
+        return content_hash(
+            "tokenizer", c.dataset.model_dump(), c.encoder.model_dump(), c.tokenizer.model_dump(), c.seed
+        )
+
+    def _new_tokenizer(self) -> ItemTokenizer:
+        cfg = self.config.tokenizer
+        params = dict(cfg.params)
+        if cfg.name == "precomputed" and params.get("index") is None:
+            sids = self.data.dataset.precomputed_sids
+            if sids is None:
+                raise RunError(
+                    f"tokenizer 'precomputed' needs SIDs: dataset {self.data.dataset.source} has "
+                    "no index file; set tokenizer.params.index to an LC-Rec index.json"
+                )
+            params["index"] = sids
+        return TOKENIZERS.get(cfg.name)(**params)
+
+    def item_embeddings(self) -> torch.Tensor:
+        from semrec.text.encoders import TEXT_ENCODERS, encode_cached
+
+        start = time.perf_counter()
+        cfg = self.config.encoder
+        encoder = TEXT_ENCODERS.get(cfg.name)(**cfg.params)
+        embeddings = encode_cached(encoder, self.data.item_texts)
+        self._timed("encode", start)
+        self.echo(f"[encode] {cfg.name}: {tuple(embeddings.shape)} item embeddings")
+        return embeddings
+
+    @cached_property
+    def tokenizer(self) -> ItemTokenizer:
+        directory = self.run_dir / "tokenizer"
+        fingerprint = self._tokenizer_fingerprint()
+        if self._stage_done("tokenizer", fingerprint) and directory.exists():
+            tokenizer = load_tokenizer(directory)
+            self.echo(f"[tokenize] reused {directory}")
+        else:
+            tokenizer = self._new_tokenizer()
+            needs_text = self.config.tokenizer.name != "precomputed"
+            embeddings = self.item_embeddings() if needs_text else None
+            start = time.perf_counter()
+            tokenizer.fit(embeddings, seed=self.config.seed)
+            self._timed("tokenize", start)
+            self.write_config()
+            tokenizer.save(directory)
+            write_json(directory / "stats.json", tokenizer.stats())
+            self._mark_stage("tokenizer", fingerprint)
+        if tokenizer.n_items != self.data.dataset.num_items:
+            raise RunError(
+                f"tokenizer in {directory} has {tokenizer.n_items} items but the dataset has "
+                f"{self.data.dataset.num_items}; delete {directory} or fix the config"
+            )
+        return tokenizer
+
+    def tokenizer_report(self) -> str:
+        return format_tokenizer_stats(self.tokenizer.stats())
+
+    # ------------------------------------------------------------------ model
+
+    def build_model(self):
+        """Backbone + SID tokens + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
+        from semrec.models.adapters import apply_lora, count_parameters
+        from semrec.models.backbone import load_backbone
+        from semrec.models.vocabulary import add_sid_tokens
+
+        cfg = self.config.model
+        start = time.perf_counter()
+        model, hf_tokenizer = load_backbone(
+            cfg.backbone,
+            quantization=cfg.quantization,
+            tiny_hidden_size=cfg.tiny_hidden_size,
+            seed=self.config.seed,
+        )
+        sid_ids = add_sid_tokens(
+            model,
+            hf_tokenizer,
+            self.tokenizer.token_strings(),
+            init=cfg.embedding_init,
+            seed=self.config.seed,
+        )
+        if cfg.lora.enabled:
+            lora = cfg.lora
+            model = apply_lora(
+                model,
+                sid_ids,
+                r=lora.r,
+                alpha=lora.alpha,
+                dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                new_tokens=lora.new_tokens,
+                quantized=cfg.quantization is not None,
+            )
+        elif cfg.quantization is not None:
+            raise RunError("model.quantization needs model.lora.enabled: true (QLoRA)")
+        trainable, total = count_parameters(model)
+        self._timed("load_model", start)
+        self.echo(
+            f"[model] {cfg.backbone}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M "
+            f"trainable ({100 * trainable / total:.2f}%), {len(sid_ids)} SID tokens added"
+        )
+        return model, hf_tokenizer, sid_ids
+
+    def trie(self, hf_tokenizer) -> SIDTrie:
+        tokens = self.tokenizer
+        sequences = [
+            hf_tokenizer.convert_tokens_to_ids(tokens.item_tokens(i)) for i in range(tokens.n_items)
+        ]
+        return SIDTrie.from_sequences(sequences, vocab_size=len(hf_tokenizer))
+
+    def formatter(self, hf_tokenizer) -> PromptFormatter:
+        cfg = self.config.model
+        return PromptFormatter(
+            hf_tokenizer,
+            use_chat_template=cfg.use_chat_template,
+            system_prompt=cfg.system_prompt,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
+
+    def datamodule(self, hf_tokenizer) -> GenRecDataModule:
+        data = self.data
+        ctx = TaskContext(data.dataset, data.split, self.tokenizer.sid_strings(), data.item_texts)
+        tasks = [(TASKS.get(t.name)(**t.params), t.weight) for t in self.config.tasks]
+        eval_task = next((t for t, _ in tasks if isinstance(t, RecommendationTask)), None)
+        if eval_task is None:
+            eval_task = TASKS.get("seq")()
+        cfg = self.config
+        return GenRecDataModule(
+            ctx,
+            tasks,
+            eval_task,
+            self.formatter(hf_tokenizer),
+            batch_size=cfg.train.batch_size,
+            eval_batch_size=cfg.eval.batch_size,
+            max_train_samples=cfg.train.max_train_samples,
+            max_valid_users=cfg.eval.max_valid_users,
+            max_test_users=cfg.eval.max_test_users,
+            seed=cfg.seed,
+        )
+
+    def decoder(self) -> ConstrainedBeamSearch:
+        cfg = self.config
+        bf16 = cfg.train.precision.startswith("bf16")
+        return ConstrainedBeamSearch(
+            num_beams=cfg.eval.num_beams,
+            score_mode=cfg.eval.score_mode,
+            autocast_dtype=torch.bfloat16 if bf16 else None,
+        )
+
+    # ------------------------------------------------------------------ train / test
+
+    def _train_fingerprint(self) -> str:
+        c = self.config
+        return content_hash(
+            "train",
+            self._tokenizer_fingerprint(),
+            c.model.model_dump(),
+            [t.model_dump() for t in c.tasks],
+            c.train.model_dump(),
+            # eval settings that steer checkpoint selection; test-only ones are left out
+            c.eval.model_dump(include={"num_beams", "ks", "score_mode", "max_valid_users"}),
+            c.seed,
+        )
+
+    def train(self, allow_training: bool = True):
+        """Train (or reuse) the adapter; returns (module, datamodule, hf_tokenizer).
+
+        With ``allow_training=False`` (``semrec test``) a missing or stale adapter is an error.
+        """
+        import lightning as L
+
+        from semrec.models.checkpoint import BestAdapterCheckpoint, load_trained_weights
+        from semrec.models.module import GenRecModule
+
+        cfg = self.config
+        model, hf_tokenizer, _ = self.build_model()
+        datamodule = self.datamodule(hf_tokenizer)
+        module = GenRecModule(
+            model,
+            self.decoder(),
+            self.trie(hf_tokenizer),
+            ks=cfg.eval.ks,
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            warmup_ratio=cfg.train.warmup_ratio,
+        )
+        adapter_dir = self.run_dir / "adapter"
+        fingerprint = self._train_fingerprint()
+        if self._stage_done("train", fingerprint) and adapter_dir.exists():
+            load_trained_weights(model, adapter_dir)
+            self.echo(f"[train] reused {adapter_dir}")
+            return module, datamodule, hf_tokenizer
+        if not allow_training:
+            raise RunError(
+                f"{self.run_dir}: the trained adapter does not match this config (a key that "
+                "affects training was overridden, or training never finished); run `semrec fit`"
+            )
+
+        self.write_config()
+        with atomic_dir(self.run_dir / "hf_tokenizer") as tmp:
+            hf_tokenizer.save_pretrained(tmp)
+        if cfg.train.epochs == 0 or cfg.train.max_steps == 0:
+            checkpoint = BestAdapterCheckpoint(adapter_dir, monitor=None)
+            checkpoint.save(model)
+            self._mark_stage("train", fingerprint)
+            self.echo("[train] skipped (train.epochs: 0): evaluating the untrained model")
+            return module, datamodule, hf_tokenizer
+
+        samples = len(datamodule.epoch_samples(0))
+        self.echo(
+            f"[train] {samples} training pairs per epoch"
+            + (
+                f" (capped by train.max_train_samples={cfg.train.max_train_samples})"
+                if cfg.train.max_train_samples
+                else ""
+            )
+            + f", {cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, "
+            f"validation on {len(datamodule.valid_examples)} users"
+        )
+        monitor = f"val/ndcg@{max(cfg.eval.ks)}"
+        checkpoint = BestAdapterCheckpoint(adapter_dir, monitor=monitor)
+        callbacks: list[Any] = [checkpoint]
+        if cfg.train.early_stopping_patience:
+            callbacks.append(
+                L.pytorch.callbacks.EarlyStopping(
+                    monitor=monitor, mode="max", patience=cfg.train.early_stopping_patience
+                )
+            )
+        loggers = [
+            L.pytorch.loggers.CSVLogger(self.run_dir, name="logs"),
+            L.pytorch.loggers.TensorBoardLogger(self.run_dir, name="tb"),
+        ]
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            max_epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            precision=cfg.train.precision,
+            accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+            gradient_clip_val=cfg.train.gradient_clip,
+            val_check_interval=cfg.train.val_check_interval,
+            log_every_n_steps=cfg.train.log_every_n_steps,
+            reload_dataloaders_every_n_epochs=1,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            logger=loggers,
+            callbacks=callbacks,
+            default_root_dir=self.run_dir,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        self._timed("train", start)
+        if not checkpoint.saved:
+            checkpoint.save(model)  # no validation ran: keep the final weights
+        load_trained_weights(model, adapter_dir)
+        if "val" in module.last_metrics:
+            write_json(self.run_dir / "valid_metrics.json", checkpoint.best_metrics or {})
+        self._mark_stage("train", fingerprint)
+        return module, datamodule, hf_tokenizer
+
+    def test(self, trained=None) -> dict[str, float]:
+        """Evaluate the trained model (``trained`` from :meth:`train`, else reloaded) on test users."""
+        import lightning as L
+
+        module, datamodule, _ = trained or self.train(allow_training=False)
+        cfg = self.config
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            precision=cfg.train.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=True,
+        )
+        start = time.perf_counter()
+        trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+        self._timed("test", start)
+        metrics: dict[str, float] = {}
+        for name, value in module.last_metrics["test"].items():
+            metrics[f"test/{name}"] = value
+        valid_file = self.run_dir / "valid_metrics.json"
+        if valid_file.exists():
+            for name, value in read_json(valid_file).items():
+                metrics[f"valid/{name}"] = value
+        if "popularity" in cfg.eval.baselines:
+            split = self.data.split
+            for part, examples in (
+                ("test", datamodule.test_examples),
+                ("valid", datamodule.valid_examples),
+            ):
+                for name, value in evaluate_popularity(split, examples, cfg.eval.ks).items():
+                    metrics[f"popularity/{part}/{name}"] = value
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics."""
+        wall = time.perf_counter()
+        self.write_config()
+        self.echo(f"[run] {self.config.name} -> {self.run_dir}")
+        self.echo(self.tokenizer_report())
+        trained = self.train()
+        metrics = self.test(trained)
+        self._timed("total", wall)
+        return self.write_report(metrics)
+
+    def write_report(self, metrics: dict[str, float]) -> dict[str, Any]:
+        data = self.data
+        n_test = int(metrics.get("test/users", 0))
+        notes = []
+        if n_test < len(data.split.test):
+            notes.append(
+                f"test metrics on {n_test} of {len(data.split.test)} users "
+                f"(eval.max_test_users={self.config.eval.max_test_users}); standard error of "
+                f"HR@10 ~ {_hr_stderr(metrics.get('test/hr@10', 0.0), n_test):.3f}"
+            )
+        if self.config.train.max_train_samples:
+            notes.append(
+                f"trained on {self.config.train.max_train_samples} sampled pairs per epoch "
+                f"(train.max_train_samples), not the full {len(data.split.train)}"
+            )
+        for name, seconds in self.timings.items():
+            metrics[f"time/{name}_s"] = seconds
+        write_json(self.run_dir / "metrics.json", metrics)
+        table = metrics_table(metrics, self.config.eval.ks, notes)
+        with atomic_write(self.run_dir / "metrics.md") as fh:
+            fh.write(table + "\n")
+        self.echo(table)
+        return metrics
+
+
+def _hr_stderr(p: float, n: int) -> float:
+    return (p * (1 - p) / max(n, 1)) ** 0.5
+
+
+def format_tokenizer_stats(stats: dict[str, Any]) -> str:
+    """Short human summary of :meth:`ItemTokenizer.stats`."""
+    lines = [
+        f"[tokenize] {stats.get('n_items')} items, {stats.get('levels')} levels; "
+        f"collision rate {stats.get('collision_rate_before', 0):.4f} before resolution, "
+        f"{stats.get('collision_rate_after', 0):.4f} after "
+        f"({stats.get('collision_resolution', {}).get('strategy', 'none')})"
+    ]
+    for level in stats.get("per_level", []):
+        lines.append(
+            f"  level {level.get('level')}: {level.get('used_codes')}/{level.get('codebook_size')} "
+            f"codes used, normalised entropy {level.get('normalized_entropy') or 0:.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The task interface: turn a split plus the SID table into (instruction, response) pairs.
+
+A task declares which data it needs (``requires``); :meth:`Task.check` names the missing
+field when a dataset can't feed it. Each task carries several instruction templates and
+samples one per example per epoch (LC-Rec section III-D: each example is seen once per
+epoch, with one template, rather than once per template).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from semrec.data.dataset import RecDataset
+from semrec.data.split import Example, Split
+from semrec.registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+class TaskDataError(ValueError):
+    """A task needs data the dataset does not have."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One instruction-tuning pair; ``target_item`` is set when the response is an item SID."""
+
+    task: str
+    prompt: str
+    response: str
+    target_item: int | None = None
+
+
+@dataclass
+class TaskContext:
+    """What tasks may read: the dataset, its split, SID strings and item texts per item."""
+
+    dataset: RecDataset
+    split: Split
+    sids: list[str]
+    item_texts: list[str] | None = None
+
+    def history_text(self, history: tuple[int, ...], separator: str = ", ") -> str:
+        return separator.join(self.sids[i] for i in history)
+
+
+class Task(ABC):
+    """Base class of instruction tasks; subclasses register with ``@TASKS.register(name)``."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    templates: ClassVar[tuple[str, ...]]
+
+    def __init__(self, *, templates: list[str] | None = None) -> None:
+        if templates is not None:
+            if not templates:
+                raise ValueError(f"task {self.name!r}: templates must not be empty")
+            self.templates = tuple(templates)
+
+    def check(self, ctx: TaskContext) -> None:
+        """Raise :class:`TaskDataError` naming the first required field the context lacks."""
+        for field in self.requires:
+            if getattr(ctx, field, None) is None:
+                raise TaskDataError(
+                    f"task {self.name!r} needs {field!r}, which dataset "
+                    f"{ctx.dataset.name!r} ({ctx.dataset.source}) does not provide"
+                )
+
+    @abstractmethod
+    def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
+        """All training pairs for one epoch, each with one randomly sampled template."""
+
+
+class RecommendationTask(Task):
+    """A task whose response is the next item; it also builds the evaluation prompts."""
+
+    @abstractmethod
+    def prompt(self, ctx: TaskContext, example: Example, template: int = 0) -> str:
+        """The instruction for ``example`` using template number ``template``."""
+
+    def eval_samples(self, ctx: TaskContext, examples: list[Example]) -> list[Sample]:
+        """Deterministic prompts (template 0) for validation / test examples."""
+        return [
+            Sample(self.name, self.prompt(ctx, ex, 0), ctx.sids[ex.target], ex.target)
+            for ex in examples
+        ]
+
+
+def build_mixture(
+    tasks: list[tuple[Task, float]], ctx: TaskContext, rng: random.Random
+) -> list[Sample]:
+    """One epoch of training pairs from weighted tasks, shuffled.
+
+    A weight scales how many of a task's pairs enter the epoch: 1 keeps all of them, 0.5 a
+    random half, 2 every pair twice (each copy with its own template draw).
+    """
+    mixture: list[Sample] = []
+    for task, weight in tasks:
+        task.check(ctx)
+        whole, fraction = divmod(weight, 1.0)
+        for _ in range(int(whole)):
+            mixture.extend(task.train_samples(ctx, rng))
+        if fraction > 0:
+            pool = task.train_samples(ctx, rng)
+            mixture.extend(rng.sample(pool, round(fraction * len(pool))))
+    rng.shuffle(mixture)
+    return mixture

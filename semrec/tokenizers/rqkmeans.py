@@ -1,0 +1,207 @@
+"""TS-Rec's item tokenizer: residual k-means (RQ-KMeans) over item text embeddings.
+
+Pipeline: optional L2 normalisation -> optional PCA to ``reduce_dim`` -> one k-means
+codebook per level on the residuals (TS-Rec Eq. 1-3) -> collision handling:
+
+* ``"reassign"`` (TS-Rec): colliding items move to random unused last-level codes under
+  their prefix; SIDs keep ``levels`` tokens. If a prefix holds more items than the last
+  codebook has codes this fails, unless ``on_overflow="suffix"``, which then gives the
+  remaining colliders an extra suffix level;
+* ``"suffix"``: one extra level numbering the members of each collision group (see
+  :func:`~semrec.tokenizers.collisions.append_suffix_level`; ``suffix_all`` for fixed length);
+* ``"none"``: keep collisions (stats report them).
+
+The item that keeps its code (or gets suffix 0) is the one best reconstructed by the
+codebooks. ``encode_new`` applies the same normalisation, PCA and codebooks to unseen items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCodes, ItemTokenizer
+from semrec.tokenizers.collisions import (
+    PAD,
+    append_suffix_level,
+    collision_groups,
+    reassign_last_level,
+)
+from semrec.tokenizers.kmeans import ResidualKMeans
+
+COLLISION_STRATEGIES = ("reassign", "suffix", "none")
+OVERFLOW_POLICIES = ("error", "suffix")
+
+
+@TOKENIZERS.register("rqkmeans")
+class RQKMeansTokenizer(ItemTokenizer):
+    """Residual k-means item tokenizer (TS-Rec). See the module docstring for the options."""
+
+    def __init__(
+        self,
+        levels: int = 3,
+        codebook_size: int | Sequence[int] = 256,
+        *,
+        reduce_dim: int | None = None,
+        normalize: bool = False,
+        collision: str = "reassign",
+        on_overflow: str = "error",
+        suffix_all: bool = False,
+        kmeans_iters: int = 100,
+        seed: int = 0,
+        level_prefixes: str | Sequence[str] = DEFAULT_LEVEL_PREFIXES,
+    ) -> None:
+        super().__init__(level_prefixes)
+        if collision not in COLLISION_STRATEGIES:
+            raise ValueError(f"collision must be one of {COLLISION_STRATEGIES}, got {collision!r}")
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+        if reduce_dim is not None and reduce_dim < 1:
+            raise ValueError(f"reduce_dim must be a positive int or None, got {reduce_dim}")
+        self.quantizer = ResidualKMeans(levels, codebook_size, max_iter=kmeans_iters)
+        self.reduce_dim = reduce_dim
+        self.normalize = normalize
+        self.collision = collision
+        self.on_overflow = on_overflow
+        self.suffix_all = suffix_all
+        self.kmeans_iters = kmeans_iters
+        self.seed = seed
+        self._pca_mean: torch.Tensor | None = None  # [input_dim]
+        self._pca_components: torch.Tensor | None = None  # [reduce_dim, input_dim]
+
+    def config(self) -> dict[str, Any]:
+        sizes = self.quantizer.codebook_sizes
+        return {
+            "levels": self.quantizer.levels,
+            "codebook_size": sizes[0] if len(set(sizes)) == 1 else list(sizes),
+            "reduce_dim": self.reduce_dim,
+            "normalize": self.normalize,
+            "collision": self.collision,
+            "on_overflow": self.on_overflow,
+            "suffix_all": self.suffix_all,
+            "kmeans_iters": self.kmeans_iters,
+            "seed": self.seed,
+            "level_prefixes": self.level_prefixes,
+        }
+
+    # ------------------------------------------------------------------------ fit
+    def _fit(self, embeddings: torch.Tensor, seed: int | None) -> FittedCodes:
+        seed = self.seed if seed is None else seed
+        if self.normalize:
+            embeddings = F.normalize(embeddings, dim=1)
+        if self.reduce_dim is not None:
+            self._fit_pca(embeddings)
+        x = self._project(embeddings)
+        raw = self.quantizer.fit(x, seed=seed)
+        # How well each item is reconstructed decides who keeps a contested code.
+        error = (x - self.quantizer.decode(raw)).norm(dim=1)
+        mse_per_level = [
+            float((x - self.quantizer.decode(raw[:, : level + 1])).pow(2).sum(dim=1).mean())
+            for level in range(self.quantizer.levels)
+        ]
+        codes, sizes, resolution = self._resolve_collisions(raw, error, seed)
+        return FittedCodes(
+            codes=codes,
+            codebook_sizes=sizes,
+            codes_before_resolution=raw,
+            resolution=resolution,
+            info={
+                "seed": seed,
+                "input_dim": embeddings.shape[1],
+                "quantized_dim": x.shape[1],
+                "mean_squared_norm": float(x.pow(2).sum(dim=1).mean()),
+                "mse_per_level": mse_per_level,
+            },
+        )
+
+    def _resolve_collisions(
+        self, raw: torch.Tensor, error: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
+        sizes = list(self.quantizer.codebook_sizes)
+        if self.collision == "none":
+            return raw, sizes, {"strategy": "none"}
+        if self.collision == "suffix":
+            codes = append_suffix_level(raw, priority=error, suffix_all=self.suffix_all)
+            return (
+                codes,
+                [*sizes, _suffix_size(codes)],
+                {
+                    "strategy": "suffix",
+                    "items_with_suffix": int((codes[:, -1] != PAD).sum()),
+                },
+            )
+        codes = reassign_last_level(
+            raw, sizes[-1], seed, priority=error, strict=self.on_overflow == "error"
+        )
+        resolution = {
+            "strategy": "reassign",
+            "items_reassigned": int((codes != raw).any(dim=1).sum()),
+        }
+        if collision_groups(codes):  # only reachable with on_overflow="suffix"
+            codes = append_suffix_level(codes, priority=error)
+            sizes.append(_suffix_size(codes))
+            resolution["items_with_suffix"] = int((codes[:, -1] != PAD).sum())
+        return codes, sizes, resolution
+
+    # ---------------------------------------------------------------- new items
+    def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
+        expected = self._require_fitted().info["input_dim"]
+        if embeddings.shape[1] != expected:
+            raise ValueError(
+                f"expected embeddings of dimension {expected} (as in fit), "
+                f"got {embeddings.shape[1]}"
+            )
+        if self.normalize:
+            embeddings = F.normalize(embeddings, dim=1)
+        return self.quantizer.encode(self._project(embeddings))
+
+    # -------------------------------------------------------------------- PCA
+    def _fit_pca(self, x: torch.Tensor) -> None:
+        assert self.reduce_dim is not None
+        if self.reduce_dim > min(x.shape):
+            raise ValueError(
+                f"reduce_dim={self.reduce_dim} needs at least that many items and input "
+                f"dimensions; got embeddings of shape {tuple(x.shape)}"
+            )
+        mean = x.mean(dim=0)
+        # Exact SVD (deterministic, unlike randomised pca_lowrank).
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        components = vh[: self.reduce_dim]
+        # Fix each component's sign (largest-magnitude entry positive) for reproducibility.
+        signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+        self._pca_mean = mean
+        self._pca_components = (components * signs).contiguous()
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce_dim is None:
+            return x
+        assert self._pca_mean is not None and self._pca_components is not None
+        return (x - self._pca_mean) @ self._pca_components.T
+
+    # -------------------------------------------------------------- persistence
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        state = {f"quantizer.{k}": v for k, v in self.quantizer.state_dict().items()}
+        if self.reduce_dim is not None:
+            assert self._pca_mean is not None and self._pca_components is not None
+            state["pca.mean"] = self._pca_mean
+            state["pca.components"] = self._pca_components
+        return state
+
+    def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        prefix = "quantizer."
+        self.quantizer.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+        if self.reduce_dim is not None:
+            if "pca.mean" not in state or "pca.components" not in state:
+                raise KeyError("reduce_dim is set but the PCA tensors are missing")
+            self._pca_mean = state["pca.mean"].float()
+            self._pca_components = state["pca.components"].float()
+
+
+def _suffix_size(codes: torch.Tensor) -> int:
+    """Codebook size of an appended suffix level: its largest code + 1 (at least 1)."""
+    return max(int(codes[:, -1].max()) + 1, 1)

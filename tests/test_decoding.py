@@ -1,0 +1,482 @@
+"""Trie, constrained beam search, generate() adapter and brute-force reference."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from semrec.decoding import (
+    ConstrainedBeamSearch,
+    SIDTrie,
+    TrieLogitsProcessor,
+    exact_item_scores,
+    sequences_to_items,
+)
+
+VOCAB = 64
+SID_LOW = 40  # SID tokens are ids 40..63; prompts use 3..39
+TOL = 1e-4
+HYPOTHESIS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(tied: bool = False) -> LlamaForCausalLM:
+    """A random LLaMA with peaky logits (large init), so rankings have no near-ties."""
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def prefix_free(rows: list[list[int]]) -> list[list[int]]:
+    """Greedily keep rows that are neither equal to nor a prefix of / prefixed by a kept row."""
+    kept: list[list[int]] = []
+    for row in rows:
+        if all(row[: len(k)] != k and k[: len(row)] != row for k in kept):
+            kept.append(row)
+    return kept
+
+
+sid_token = st.integers(SID_LOW, VOCAB - 1)
+
+
+@st.composite
+def catalogs(draw, fixed_length: bool = False, max_items: int = 10) -> list[list[int]]:
+    length = draw(st.integers(1, 3))
+    if fixed_length:
+        rows = draw(st.lists(st.lists(sid_token, min_size=length, max_size=length), max_size=40))
+    else:
+        rows = draw(st.lists(st.lists(sid_token, min_size=1, max_size=4), max_size=40))
+    rows = prefix_free(rows)[:max_items]
+    if not rows:
+        rows = [[SID_LOW] * length]
+    return rows
+
+
+@st.composite
+def prompts(draw, max_batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts of different lengths."""
+    lengths = draw(st.lists(st.integers(1, 7), min_size=1, max_size=max_batch))
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.tensor(draw(st.lists(st.integers(3, 39), min_size=n, max_size=n)))
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
+def assert_matches_reference(result, reference: torch.Tensor, n_items: int) -> None:
+    """Top-K from the decoder equals the brute-force top-K, up to ties within TOL."""
+    k = result.items.shape[1]
+    for row in range(len(reference)):
+        items = result.items[row]
+        assert result.valid[row].all()
+        assert len(set(items.tolist())) == k, "an item was returned twice"
+        expected = reference[row].sort(descending=True).values[:k]
+        torch.testing.assert_close(result.scores[row], expected, atol=TOL, rtol=0)
+        torch.testing.assert_close(result.scores[row], reference[row][items], atol=TOL, rtol=0)
+        others = torch.ones(n_items, dtype=torch.bool)
+        others[items] = False
+        if others.any():
+            assert reference[row][others].max() <= result.scores[row, -1] + TOL
+
+
+def assert_only_real_items(result, n_items: int) -> None:
+    assert ((result.items >= 0) & (result.items < n_items))[result.valid].all()
+    assert (result.items[~result.valid] == -1).all()
+    for row in result.items:
+        real = row[row >= 0].tolist()
+        assert len(real) == len(set(real))
+
+
+# ---------------------------------------------------------------------------- trie
+
+
+CATALOG = [[1, 2, 3], [1, 2, 4], [1, 5], [6], [7, 1, 1, 2]]
+
+
+def test_trie_hand_built_catalog():
+    trie = SIDTrie.from_sequences(CATALOG, vocab_size=10)
+    assert (trie.num_items, trie.max_depth) == (5, 4)
+    assert trie.lengths.tolist() == [3, 3, 2, 1, 4]
+    assert trie.sid_token_ids.tolist() == [1, 2, 3, 4, 5, 6, 7]
+
+    def allowed(prefix: list[int]) -> set[int]:
+        node = trie.walk(torch.tensor([prefix], dtype=torch.long).reshape(1, -1))
+        return set(torch.nonzero(trie.allowed_mask(node)[0]).flatten().tolist())
+
+    assert allowed([]) == {1, 6, 7}
+    assert allowed([1]) == {2, 5}
+    assert allowed([1, 2]) == {3, 4}
+    assert allowed([1, 5]) == set()
+    assert allowed([7, 1, 1]) == {2}
+
+    def item(prefix: list[int]) -> int:
+        return int(trie.item_of(trie.walk(torch.tensor([prefix])))[0])
+
+    assert [item(s) for s in CATALOG] == [0, 1, 2, 3, 4]
+    assert item([1, 2]) == -1 and item([7, 1]) == -1  # inner nodes are not items
+    assert item([1, 9]) == -1 and item([2]) == -1  # off the trie
+    nodes = trie.walk(torch.tensor([[1, 2], [1, 5], [9, 9]]))
+    assert nodes[2] == -1
+    assert trie.is_terminal(nodes).tolist() == [False, True, False]
+    kids = trie.children(torch.tensor([trie.ROOT, -1]))
+    assert kids.tokens[0][kids.valid[0]].tolist() == [1, 6, 7]
+    assert not kids.valid[1].any()
+
+    padded = torch.tensor([[1, 2, 3, -1], [1, 2, 4, -1], [1, 5, -1, -1], [6, -1, -1, -1], [7, 1, 1, 2]])
+    same = SIDTrie.from_sequences(padded, vocab_size=10)
+    assert torch.equal(same.node_token, trie.node_token)
+    assert torch.equal(same.node_item, trie.node_item)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([[1, 2], [3, 4], [1, 2]], "duplicate SID sequences for items 0 and 2"),
+        ([[1, 2, 3], [4], [1, 2]], "item 2 is a strict prefix of the SID of item 0"),
+        ([[1], [2], []], "items 2 have an empty SID"),
+        ([[1, 2], [3, 10]], "item 1: token id 10 at position 1 is outside the vocabulary"),
+        (torch.tensor([[1, -1, 2], [3, 4, 5]]), "items 0 have padding"),
+    ],
+)
+def test_trie_rejects_bad_catalogs(rows, message):
+    with pytest.raises(ValueError, match=message):
+        SIDTrie.from_sequences(rows, vocab_size=10)
+
+
+@HYPOTHESIS
+@given(rows=catalogs(max_items=30))
+def test_trie_matches_brute_force_prefix_sets(rows):
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    for index, row in enumerate(rows):
+        assert int(trie.item_of(trie.walk(torch.tensor([row])))[0]) == index
+        for depth in range(len(row)):
+            prefix = row[:depth]
+            expected = {r[depth] for r in rows if len(r) > depth and r[:depth] == prefix}
+            node = trie.walk(torch.tensor([prefix], dtype=torch.long).reshape(1, -1))
+            got = torch.nonzero(trie.allowed_mask(node)[0]).flatten().tolist()
+            assert set(got) == expected
+
+
+# ---------------------------------------------------------------------------- decoder
+
+
+@HYPOTHESIS
+@given(
+    rows=catalogs(),
+    batch=prompts(),
+    extra_beams=st.integers(0, 3),
+    mode=st.sampled_from(["full_vocab", "renormalized"]),
+    data=st.data(),
+)
+def test_decoder_is_exact_when_beams_cover_catalog(rows, batch, extra_beams, mode, data):
+    ids, mask = batch
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    top_k = data.draw(st.integers(1, len(rows)))
+    decoder = ConstrainedBeamSearch(num_beams=len(rows) + extra_beams, score_mode=mode)
+    result = decoder.search(tiny_model(), trie, ids, mask, top_k=top_k)
+    reference = exact_item_scores(tiny_model(), trie, ids, mask, score_mode=mode)
+    assert_matches_reference(result, reference, len(rows))
+    if mode == "renormalized":  # scores of all items form one distribution per prompt
+        torch.testing.assert_close(reference.exp().sum(1), torch.ones(len(ids)))
+
+
+def generate_top_k(model, trie, ids, mask, num_beams, top_k, renormalize):
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        logits_processor=[TrieLogitsProcessor(trie, ids.shape[1], renormalize=renormalize)],
+        num_beams=num_beams,
+        num_return_sequences=top_k,
+        max_new_tokens=trie.max_depth,
+        min_new_tokens=0,
+        length_penalty=0.0,
+        early_stopping=True,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    items = sequences_to_items(trie, out.sequences, ids.shape[1]).view(len(ids), top_k)
+    return items, out.sequences_scores.view(len(ids), top_k)
+
+
+@HYPOTHESIS
+@given(
+    rows=catalogs(fixed_length=True, max_items=14),
+    batch=prompts(),
+    num_beams=st.integers(2, 6),
+    mode=st.sampled_from(["full_vocab", "renormalized"]),
+)
+def test_decoder_agrees_with_generate_and_processor(rows, batch, num_beams, mode):
+    """Fixed-length SIDs, length_penalty=0: generate() keeps the same beams as the decoder.
+
+    Both keep, at every step, the ``num_beams`` best (prefix, token) candidates by summed
+    log-probability, and generate()'s finished pool is filled at the last step only. So
+    even when the beam prunes (num_beams < items) the two return the same items. K is
+    capped at the number of items: below that, generate() pads with duplicate beams.
+    """
+    ids, mask = batch
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    top_k = min(num_beams, len(rows))
+    model = tiny_model()
+    decoder = ConstrainedBeamSearch(num_beams=num_beams, score_mode=mode)
+    result = decoder.search(model, trie, ids, mask, top_k=top_k)
+    items, scores = generate_top_k(
+        model, trie, ids, mask, num_beams, top_k, renormalize=mode == "renormalized"
+    )
+    assert (items >= 0).all()
+    torch.testing.assert_close(result.scores, scores, atol=TOL, rtol=0)
+    gaps = (scores[:, :-1] - scores[:, 1:]).abs()
+    distinct = torch.ones_like(items, dtype=torch.bool)  # positions not involved in a tie
+    distinct[:, :-1] &= gaps > TOL
+    distinct[:, 1:] &= gaps > TOL
+    assert torch.equal(result.items[distinct], items[distinct])
+    # Pruned or not, every score the decoder reports is the item's true score.
+    reference = exact_item_scores(model, trie, ids, mask, score_mode=mode)
+    torch.testing.assert_close(result.scores, reference.gather(1, result.items), atol=TOL, rtol=0)
+
+
+@HYPOTHESIS
+@given(rows=catalogs(), batch=prompts(max_batch=4), num_beams=st.integers(1, 5))
+def test_batch_of_left_padded_prompts_equals_one_at_a_time(rows, batch, num_beams):
+    ids, mask = batch
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    decoder = ConstrainedBeamSearch(num_beams=num_beams)
+    together = decoder.search(tiny_model(), trie, ids, mask, top_k=num_beams)
+    for row in range(len(ids)):
+        keep = mask[row].bool()
+        alone = decoder.search(tiny_model(), trie, ids[row : row + 1, keep], None, top_k=num_beams)
+        torch.testing.assert_close(together.scores[row], alone.scores[0], atol=TOL, rtol=0)
+        assert torch.equal(together.valid[row], alone.valid[0])
+        assert torch.equal(together.items[row], alone.items[0])
+
+
+# ---------------------------------------------------------------------------- adversarial
+
+
+class LogitsOverride(torch.nn.Module):
+    """Wraps the tiny model and replaces its logits (the cache stays real)."""
+
+    def __init__(self, model: torch.nn.Module, mode: str) -> None:
+        super().__init__()
+        self.model = model
+        self.mode = mode
+
+    def forward(self, logits_to_keep: int = 0, **kwargs):
+        out = self.model(logits_to_keep=logits_to_keep, **kwargs)
+        logits = out.logits
+        if self.mode == "invalid_mass":  # all probability on tokens no SID uses
+            logits = torch.full_like(logits, -1e4)
+            logits[..., :SID_LOW] = 1e4
+        elif self.mode == "nan":
+            logits = torch.full_like(logits, float("nan"))
+        elif self.mode == "neg_inf":
+            logits = torch.full_like(logits, float("-inf"))
+        elif self.mode == "pos_inf":
+            logits = logits.clone()
+            logits[..., SID_LOW::2] = float("inf")
+        elif self.mode == "some_nan":
+            logits = logits.masked_fill(torch.rand_like(logits) < 0.5, float("nan"))
+        out.logits = logits
+        return out
+
+
+@HYPOTHESIS
+@given(
+    rows=catalogs(),
+    batch=prompts(),
+    num_beams=st.integers(1, 6),
+    stub=st.sampled_from(["invalid_mass", "nan", "neg_inf", "pos_inf", "some_nan"]),
+    mode=st.sampled_from(["full_vocab", "renormalized"]),
+)
+def test_adversarial_logits_never_yield_invalid_items(rows, batch, num_beams, stub, mode):
+    ids, mask = batch
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    model = LogitsOverride(tiny_model(), stub)
+    decoder = ConstrainedBeamSearch(num_beams=num_beams, score_mode=mode)
+    top_k = num_beams
+    result = decoder.search(model, trie, ids, mask, top_k=top_k)
+    assert_only_real_items(result, len(rows))
+    assert not result.scores.isnan().any()
+    if num_beams >= len(rows):  # nothing pruned: every item is found, garbage or not
+        assert result.valid.sum(1).tolist() == [min(top_k, len(rows))] * len(ids)
+
+
+def test_fewer_items_than_k_are_padded():
+    trie = SIDTrie.from_sequences([[40, 41], [40, 42], [43, 44]], vocab_size=VOCAB)
+    ids = torch.tensor([[5, 6, 7]])
+    result = ConstrainedBeamSearch(num_beams=5).search(tiny_model(), trie, ids, top_k=5)
+    assert result.valid.tolist() == [[True, True, True, False, False]]
+    assert result.items[0, 3:].tolist() == [-1, -1]
+    assert result.scores[0, 3:].tolist() == [float("-inf")] * 2
+    assert sorted(result.items[0, :3].tolist()) == [0, 1, 2]
+
+
+def test_bad_arguments_are_rejected():
+    trie = SIDTrie.from_sequences([[40, 41], [42, 43]], vocab_size=VOCAB)
+    with pytest.raises(ValueError, match="top_k must be in"):
+        ConstrainedBeamSearch(num_beams=2).search(tiny_model(), trie, torch.tensor([[5]]), top_k=3)
+    with pytest.raises(ValueError, match="sid_rows_only=True needs score_mode='renormalized'"):
+        ConstrainedBeamSearch(sid_rows_only=True)
+    with pytest.raises(ValueError, match="score_mode must be one of"):
+        ConstrainedBeamSearch(score_mode="length_normalized")
+    right_padded = torch.tensor([[1, 1, 0]])
+    with pytest.raises(ValueError, match="LEFT padded"):
+        ConstrainedBeamSearch(num_beams=2).search(
+            tiny_model(), trie, torch.tensor([[5, 6, 0]]), right_padded, top_k=1
+        )
+
+
+# ---------------------------------------------------------------------------- SID rows only
+
+
+def peft_variants():
+    from peft import LoraConfig, get_peft_model
+
+    def trainable_tokens():
+        config = LoraConfig(
+            r=4,
+            target_modules=["q_proj", "v_proj"],
+            trainable_token_indices={"embed_tokens": list(range(SID_LOW, VOCAB))},
+        )
+        model = get_peft_model(_fresh_model(tied=True), config)
+        _perturb_adapters(model)
+        return model
+
+    def lora_on_lm_head():  # falls back to the full head, sliced afterwards
+        config = LoraConfig(r=4, target_modules=["q_proj", "lm_head"])
+        model = get_peft_model(_fresh_model(tied=False), config)
+        _perturb_adapters(model)
+        return model
+
+    def modules_to_save():
+        config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+        model = get_peft_model(_fresh_model(tied=False), config)
+        _perturb_adapters(model)
+        return model
+
+    return {
+        "plain": lambda: tiny_model(),
+        "trainable_tokens": trainable_tokens,
+        "lora_on_lm_head": lora_on_lm_head,
+        "modules_to_save": modules_to_save,
+    }
+
+
+def _fresh_model(tied: bool) -> LlamaForCausalLM:
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(tiny_model(tied).config)
+    return model.eval()
+
+
+def _perturb_adapters(model: torch.nn.Module) -> None:
+    """Make every adapter parameter non-trivial so a head that ignored them would differ."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.5)
+    model.eval()
+
+
+@pytest.mark.parametrize("variant", list(peft_variants()))
+def test_sid_rows_only_equals_full_head(variant):
+    model = peft_variants()[variant]()
+    rows = [[40, 41, 42], [40, 43, 44], [45, 46, 47], [45, 48, 49], [50, 51, 52], [53, 54]]
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (torch.arange(5) >= torch.tensor([[2], [0]])).long()
+    full = ConstrainedBeamSearch(num_beams=3, score_mode="renormalized")
+    sliced = ConstrainedBeamSearch(num_beams=3, score_mode="renormalized", sid_rows_only=True)
+    a = full.search(model, trie, ids, mask, top_k=3)
+    b = sliced.search(model, trie, ids, mask, top_k=3)
+    assert torch.equal(a.items, b.items)
+    torch.testing.assert_close(a.scores, b.scores, atol=TOL, rtol=0)
+    reference = exact_item_scores(model, trie, ids, mask, score_mode="renormalized")
+    torch.testing.assert_close(b.scores, reference.gather(1, b.items), atol=TOL, rtol=0)
+
+
+def test_autocast_bf16_returns_real_items_close_to_fp32():
+    rows = [[40 + i, 50 + j] for i in range(4) for j in range(3)]
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    fp32 = ConstrainedBeamSearch(num_beams=12).search(tiny_model(), trie, ids, top_k=12)
+    bf16 = ConstrainedBeamSearch(num_beams=12, autocast_dtype=torch.bfloat16).search(
+        tiny_model(), trie, ids, top_k=12
+    )
+    assert bf16.scores.dtype == torch.float32
+    assert sorted(bf16.items[0].tolist()) == list(range(12))
+    torch.testing.assert_close(
+        bf16.scores[0], exact_item_scores(tiny_model(), trie, ids)[0][bf16.items[0]], atol=0.1, rtol=0
+    )
+    assert fp32.items.tolist() != [[-1] * 12]
+
+
+# ---------------------------------------------------------------------------- generate() adapter
+
+
+def test_processor_with_eos_handles_variable_length_catalog():
+    rows = [[40, 41], [40, 42, 43], [44], [45, 46, 47, 48]]
+    trie = SIDTrie.from_sequences(rows, vocab_size=VOCAB)
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    model = tiny_model()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        logits_processor=[TrieLogitsProcessor(trie, ids.shape[1], eos_token_id=2)],
+        num_beams=4,
+        num_return_sequences=4,
+        max_new_tokens=trie.max_depth + 1,
+        length_penalty=0.0,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    items = sequences_to_items(trie, out, ids.shape[1]).view(2, 4)
+    assert sorted(items[0].tolist()) == [0, 1, 2, 3]
+    assert sorted(items[1].tolist()) == [0, 1, 2, 3]
+
+
+def test_processor_masks_and_renormalizes():
+    trie = SIDTrie.from_sequences([[40, 41], [40, 42], [43, 44]], vocab_size=VOCAB)
+    processor = TrieLogitsProcessor(trie, prompt_length=1, eos_token_id=2)
+    scores = torch.randn(3, VOCAB)
+
+    def finite(out: torch.Tensor) -> list[set[int]]:
+        return [set(torch.nonzero(row.isfinite()).flatten().tolist()) for row in out]
+
+    assert finite(processor(torch.tensor([[9], [8], [7]]), scores)) == [{40, 43}] * 3
+    sequences = torch.tensor([[9, 40], [9, 43], [9, 50]])
+    assert finite(processor(sequences, scores)) == [{41, 42}, {44}, {2}]  # [9, 50]: off the trie
+    done = torch.tensor([[9, 40, 41]])
+    assert finite(processor(done, scores[:1])) == [{2}]  # a complete item may only end
+    renorm = TrieLogitsProcessor(trie, prompt_length=1, renormalize=True)(sequences, scores)
+    torch.testing.assert_close(renorm[:1].exp().sum(1), torch.ones(1))
+    assert renorm[0, 41].item() == pytest.approx(
+        scores[0, 41].item() - torch.logsumexp(scores[0, [41, 42]], 0).item(), abs=1e-5
+    )
+    generated = torch.tensor([[9, 40, 42, 2], [9, 43, 44, 0], [9, 40, 2, 2], [9, 41, 40, 41]])
+    assert sequences_to_items(trie, generated, prompt_length=1).tolist() == [1, 2, -1, -1]
