@@ -8,6 +8,7 @@ constructor.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from pathlib import Path
@@ -96,9 +97,15 @@ class TrainConfig(_Section):
     gradient_clip: float | None = 1.0
     precision: Literal["32", "bf16-mixed", "bf16-true"] = "bf16-mixed"
     val_check_interval: float | int = 1.0
+    check_val_every_n_epoch: int = Field(1, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
     num_threads: int | None = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
 
 
 class EvalConfig(_Section):
@@ -160,8 +167,11 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
     signature = inspect.signature(factory)
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
-    accepted = [n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY or (
-        p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")]
+    accepted = [
+        n
+        for n, p in signature.parameters.items()
+        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")
+    ]
     for key in cfg.params:
         if key not in accepted:
             raise ConfigError(
@@ -199,7 +209,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(
+            ".[", "["
+        )
         if e["type"] == "extra_forbidden":
             valid = _fields_at(ExperimentConfig, loc)
             lines.append(
@@ -218,21 +230,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted keys in a raw config dict (before validation); list items by index."""
+    """Set dotted keys in a raw config dict (before validation); list items by index.
+
+    A section the YAML leaves out starts from its default, so ``tasks.0.weight=2`` works
+    on a config that never mentions ``tasks``.
+    """
+    defaults = ExperimentConfig().model_dump(mode="json")
     for text in overrides:
         path, value = parse_override(text)
         node: Any = data
+        default: Any = defaults
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]
             if isinstance(node, list):
                 node = node[int(part)]
+                default = (
+                    default[int(part)]
+                    if isinstance(default, list) and int(part) < len(default)
+                    else None
+                )
                 continue
+            default = default.get(part) if isinstance(default, dict) else None
             if part not in node or node[part] is None:
-                node[part] = [] if nxt.isdigit() else {}
+                node[part] = (
+                    copy.deepcopy(default) if default is not None else ([] if nxt.isdigit() else {})
+                )
             node = node[part]
         last = path[-1]
         if isinstance(node, list):
@@ -242,7 +272,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Read a YAML experiment config, apply ``key=value`` overrides, validate everything."""
     data: dict = {}
     source = "<overrides>"

@@ -131,7 +131,11 @@ class Run:
     def _tokenizer_fingerprint(self) -> str:
         c = self.config
         return content_hash(
-            "tokenizer", c.dataset.model_dump(), c.encoder.model_dump(), c.tokenizer.model_dump(), c.seed
+            "tokenizer",
+            c.dataset.model_dump(),
+            c.encoder.model_dump(),
+            c.tokenizer.model_dump(),
+            c.seed,
         )
 
     def _new_tokenizer(self) -> ItemTokenizer:
@@ -369,6 +373,7 @@ class Run:
             accumulate_grad_batches=cfg.train.accumulate_grad_batches,
             gradient_clip_val=cfg.train.gradient_clip,
             val_check_interval=cfg.train.val_check_interval,
+            check_val_every_n_epoch=cfg.train.check_val_every_n_epoch,
             log_every_n_steps=cfg.train.log_every_n_steps,
             reload_dataloaders_every_n_epochs=1,
             num_sanity_val_steps=0,

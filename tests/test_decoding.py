@@ -21,12 +21,10 @@ from semrec.decoding import (
 VOCAB = 64
 SID_LOW = 40  # SID tokens are ids 40..63; prompts use 3..39
 TOL = 1e-4
-HYPOTHESIS = settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+HYPOTHESIS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(tied: bool = False) -> LlamaForCausalLM:
     """A random LLaMA with peaky logits (large init), so rankings have no near-ties."""
     config = LlamaConfig(
@@ -80,7 +78,9 @@ def prompts(draw, max_batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.zeros(len(lengths), width, dtype=torch.long)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for row, n in enumerate(lengths):
-        ids[row, width - n :] = torch.tensor(draw(st.lists(st.integers(3, 39), min_size=n, max_size=n)))
+        ids[row, width - n :] = torch.tensor(
+            draw(st.lists(st.integers(3, 39), min_size=n, max_size=n))
+        )
         mask[row, width - n :] = 1
     return ids, mask
 
@@ -144,7 +144,9 @@ def test_trie_hand_built_catalog():
     assert kids.tokens[0][kids.valid[0]].tolist() == [1, 6, 7]
     assert not kids.valid[1].any()
 
-    padded = torch.tensor([[1, 2, 3, -1], [1, 2, 4, -1], [1, 5, -1, -1], [6, -1, -1, -1], [7, 1, 1, 2]])
+    padded = torch.tensor(
+        [[1, 2, 3, -1], [1, 2, 4, -1], [1, 5, -1, -1], [6, -1, -1, -1], [7, 1, 1, 2]]
+    )
     same = SIDTrie.from_sequences(padded, vocab_size=10)
     assert torch.equal(same.node_token, trie.node_token)
     assert torch.equal(same.node_item, trie.node_item)
@@ -429,7 +431,10 @@ def test_autocast_bf16_returns_real_items_close_to_fp32():
     assert bf16.scores.dtype == torch.float32
     assert sorted(bf16.items[0].tolist()) == list(range(12))
     torch.testing.assert_close(
-        bf16.scores[0], exact_item_scores(tiny_model(), trie, ids)[0][bf16.items[0]], atol=0.1, rtol=0
+        bf16.scores[0],
+        exact_item_scores(tiny_model(), trie, ids)[0][bf16.items[0]],
+        atol=0.1,
+        rtol=0,
     )
     assert fp32.items.tolist() != [[-1] * 12]
 

@@ -31,7 +31,9 @@ def load_synthetic(path: str | None = None, name: str | None = None) -> RecDatas
     try:
         num_users, num_items = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (48, 24)
     except ValueError:
-        raise DataError(f"synthetic dataset name {name!r} must be 'synthetic-<users>-<items>'") from None
+        raise DataError(
+            f"synthetic dataset name {name!r} must be 'synthetic-<users>-<items>'"
+        ) from None
     if np.gcd(STRIDE, num_items) != 1 or num_items < SEQUENCE_LENGTH:
         raise DataError(f"synthetic dataset {name!r}: items must be >= 8 and coprime with {STRIDE}")
     users, items, stamps = [], [], []

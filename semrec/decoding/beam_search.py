@@ -155,7 +155,7 @@ class ConstrainedBeamSearch:
         batch, width = input_ids.shape[0], self.num_beams
         device = input_ids.device
         prompt_len = attention_mask.sum(dim=1)
-        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         logits, cache = step_fn(input_ids, attention_mask, positions, None)
 
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, w] live trie nodes
@@ -190,7 +190,7 @@ class ConstrainedBeamSearch:
             source = (torch.arange(batch, device=device)[:, None] * live + best // fan).reshape(-1)
             _reorder_cache(cache, source, input_ids.shape[1] if depth > 0 else None)
             beam_mask = torch.cat([beam_mask[source], beam_mask.new_ones(len(source), 1)], dim=1)
-            step_pos = torch.full((batch * width, 1), input_ids.shape[1] + depth)
+            step_pos = (prompt_len.repeat_interleave(width) + depth)[:, None]
             logits, cache = step_fn(tokens.reshape(-1, 1), beam_mask, step_pos, cache)
         return pool.result(top_k)
 
@@ -328,7 +328,9 @@ def _check_plain_head(causal_lm: nn.Module) -> None:
             )
 
 
-def _head_rows(head: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def _head_rows(
+    head: nn.Module, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight rows, bias rows) of ``ids`` in the effective output layer, or None if unknown."""
     if type(head) is nn.Linear:
         bias = head.bias[ids] if head.bias is not None else None
@@ -339,7 +341,11 @@ def _head_rows(head: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.
         return None
     if isinstance(head, TrainableTokensWrapper | ModulesToSaveWrapper):
         inner = head.original_module
-        if isinstance(head, ModulesToSaveWrapper) and head.active_adapters and not head.disable_adapters:
+        if (
+            isinstance(head, ModulesToSaveWrapper)
+            and head.active_adapters
+            and not head.disable_adapters
+        ):
             inner = head.modules_to_save[head.active_adapters[0]]
         if type(inner) is not nn.Linear:
             return None

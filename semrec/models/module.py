@@ -51,7 +51,9 @@ class GenRecModule(L.LightningModule):
         loss = self.model(**batch).loss
         tokens = (batch["labels"] != -100).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("train/response_tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log(
+            "train/response_tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True
+        )
         return loss
 
     def configure_optimizers(self):
@@ -63,7 +65,10 @@ class GenRecModule(L.LightningModule):
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.warmup_ratio * total), total
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ------------------------------------------------------------------ evaluation
 

@@ -31,21 +31,28 @@ def add_sid_tokens(
     """
     if len(set(tokens)) != len(tokens):
         raise ValueError("SID token list has duplicates")
-    old_size = model.get_input_embeddings().weight.shape[0]
-    added = tokenizer.add_tokens(tokens, special_tokens=True)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    old_vocab = len(tokenizer)  # may be < old_rows: some models pad the embedding matrix
+    tokenizer.add_tokens(tokens, special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(tokens)
-    if added:
-        new_size = max(len(tokenizer), old_size)
+    new_ids = [i for i in ids if i >= old_vocab]
+    if not new_ids:
+        return list(ids)
+    resize = len(tokenizer) > old_rows
+    if resize:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model.resize_token_embeddings(new_size, mean_resizing=(init == "mean_resizing"))
-        new_rows = [i for i in ids if i >= old_size]
-        if new_rows and init != "mean_resizing":
-            _init_rows(model, new_rows, old_size, init, seed)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=(init == "mean_resizing"))
+    if init != "mean_resizing" or not resize:
+        # rows that already existed as padding get no init from resizing: set them here
+        rows = new_ids if init != "mean_resizing" else [i for i in new_ids if i < old_rows]
+        _init_rows(model, rows, old_vocab, init, seed)
     return list(ids)
 
 
-def _init_rows(model: PreTrainedModel, rows: list[int], old_size: int, init: str, seed: int) -> None:
+def _init_rows(
+    model: PreTrainedModel, rows: list[int], old_size: int, init: str, seed: int
+) -> None:
     index = torch.tensor(rows)
     tables = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
@@ -56,6 +63,14 @@ def _init_rows(model: PreTrainedModel, rows: list[int], old_size: int, init: str
         for weight in tables:
             if init == "mean":
                 weight[index] = weight[:old_size].mean(0, keepdim=True).to(weight.dtype)
+            elif init == "mean_resizing":
+                old = weight[:old_size].double()
+                mean = old.mean(0)
+                cov = torch.cov(old.T) + 1e-9 * torch.eye(old.shape[1], dtype=old.dtype)
+                dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=1e-5 * cov)
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)
+                    weight[index] = dist.sample((len(rows),)).to(weight.dtype)
             elif init == "random":
                 std = getattr(model.config, "initializer_range", 0.02)
                 noise = torch.randn(len(rows), weight.shape[1], generator=generator) * std

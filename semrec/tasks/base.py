@@ -61,9 +61,16 @@ class Task(ABC):
             self.templates = tuple(templates)
 
     def check(self, ctx: TaskContext) -> None:
-        """Raise :class:`TaskDataError` naming the first required field the context lacks."""
+        """Raise :class:`TaskDataError` naming the first required field the data lacks.
+
+        A field is looked up on the context first (``item_texts``), then on the dataset
+        (``user_text``, ``ratings``, ...).
+        """
         for field in self.requires:
-            if getattr(ctx, field, None) is None:
+            value = getattr(ctx, field, None)
+            if value is None:
+                value = getattr(ctx.dataset, field, None)
+            if value is None:
                 raise TaskDataError(
                     f"task {self.name!r} needs {field!r}, which dataset "
                     f"{ctx.dataset.name!r} ({ctx.dataset.source}) does not provide"

