@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
 
 LEVELS, CODES = 4, 256
+CATALOG_SIZES = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
 
 
 # ---------------------------------------------------------------------------- setup
@@ -66,7 +67,9 @@ def load_model_with_sid_tokens():
         gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
         tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(root, gguf_file=gguf)
-    tokens = [f"<{chr(ord('a') + level)}_{code}>" for level in range(LEVELS) for code in range(CODES)]
+    tokens = [
+        f"<{chr(ord('a') + level)}_{code}>" for level in range(LEVELS) for code in range(CODES)
+    ]
     try:
         from semrec.models.vocabulary import add_sid_tokens
 
@@ -244,12 +247,13 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
-def measure(run: Callable[[], tuple], autocast: contextlib.AbstractContextManager):
+def measure(run: Callable, input_ids, attention_mask, autocast):
+    """Run one case once: its result and wall time, peak RSS increase and the load before."""
     load = os.getloadavg()[0]
     with PeakRSS() as memory:
         start = time.perf_counter()
         with autocast:
-            result = run()
+            result = run(input_ids, attention_mask)
         wall = time.perf_counter() - start
     return result, {
         "wall_s": round(wall, 3),
@@ -292,18 +296,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--catalogs", default="synthetic-10k,ml-100k-size")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=None, help="runs per case, best taken (default 2; quick 1)"
     )
     parser.add_argument("--skip-baseline", action="store_true", help="skip generate() (slow)")
     args = parser.parse_args(argv)
+    catalogs = args.catalogs.split(",")
+    unknown = [name for name in catalogs if name not in CATALOG_SIZES]
+    if unknown:
+        parser.error(f"unknown catalog(s) {unknown}; choose from {', '.join(CATALOG_SIZES)}")
     n_prompts = args.prompts or (8 if args.quick else 32)
     repeats = args.repeats or (1 if args.quick else 2)
     if args.threads:
         torch.set_num_threads(args.threads)
     use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and native_bf16())
-    dtype_name = "bf16-autocast" if use_bf16 else "fp32"
 
     def autocast() -> contextlib.AbstractContextManager:
         if use_bf16:
@@ -313,87 +322,93 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     model, tokenizer, sid_ids = load_model_with_sid_tokens()
     setup_s = time.perf_counter() - t0
-    sizes = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
-    for seed, catalog in enumerate(args.catalogs.split(",")):
-        if catalog not in sizes:
-            parser.error(f"unknown catalog {catalog!r}; choose from {', '.join(sizes)}")
-        codes = synthetic_codes(sizes[catalog], seed=seed)
-        sequences = sid_ids[torch.arange(LEVELS), codes]  # [n_items, LEVELS] token ids
-        t0 = time.perf_counter()
-        trie = SIDTrie.from_sequences(sequences, vocab_size=len(tokenizer))
-        trie_ms = (time.perf_counter() - t0) * 1e3
-        seq_list = sequences.tolist()
-        sid_strings = ["".join(tokenizer.convert_ids_to_tokens(row)) for row in seq_list]
-        input_ids, attention_mask = build_prompts(tokenizer, sid_strings, n_prompts, seed=seed)
-        beams, top_k = args.beams, args.top_k
-        cases: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple]] = {
-            "lower_bound": lambda ids, mask: lower_bound(
-                model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None]
-            ),
-            "semrec": lambda ids, mask: semrec_decoder(model, trie, ids, mask, beams, top_k),
-            "semrec_sid_rows": lambda ids, mask: semrec_decoder(
-                model,
-                trie,
-                ids,
-                mask,
-                beams,
-                top_k,
-                score_mode="renormalized",
-                sid_rows_only=True,
-            ),
-        }
-        if not args.skip_baseline:
-            cases["generate_dict_trie"] = lambda ids, mask: generate_dict_trie(
-                model, seq_list, ids, mask, beams, top_k, tokenizer.pad_token_id
-            )
-        common = {
-            "catalog": catalog,
-            "items": len(seq_list),
+    for seed, catalog in enumerate(catalogs):
+        setting = {
             "prompts": n_prompts,
-            "mean_prompt_tokens": round(float(attention_mask.sum(1).float().mean()), 1),
-            "padded_prompt_tokens": input_ids.shape[1],
-            "beams": beams,
-            "top_k": top_k,
-            "dtype": dtype_name,
+            "beams": args.beams,
+            "top_k": args.top_k,
+            "dtype": "bf16-autocast" if use_bf16 else "fp32",
             "threads": torch.get_num_threads(),
             "repeats": repeats,
-            "trie_build_ms": round(trie_ms, 1),
             "model_setup_s": round(setup_s, 1),
         }
-        for run in cases.values():  # warm-up on 2 prompts (oneDNN kernels, allocator)
-            with autocast():
-                run(input_ids[:2, -100:], attention_mask[:2, -100:])
-        results, runs = {}, {name: [] for name in cases}
-        for _ in range(repeats):  # round-robin, so load changes hit every case alike
-            for name, run in cases.items():
-                results[name], measured = measure(
-                    lambda run=run: run(input_ids, attention_mask), autocast()
-                )
-                runs[name].append(measured)
-        stats = {name: summarize(measured) for name, measured in runs.items()}
-        semrec_stats = stats["semrec"]
-        semrec_stats["overhead_vs_lower_bound"] = round(
-            semrec_stats["wall_s"] / stats["lower_bound"]["wall_s"], 3
+        for line in run_catalog(
+            model, tokenizer, sid_ids, catalog, seed, setting, autocast, args.skip_baseline
+        ):
+            print(json.dumps(line), flush=True)
+
+
+def run_catalog(model, tokenizer, sid_ids, catalog, seed, setting, autocast, skip_baseline):
+    """Measure every case on one catalog; returns one dict per case (the JSON lines)."""
+    beams, top_k = setting["beams"], setting["top_k"]
+    codes = synthetic_codes(CATALOG_SIZES[catalog], seed=seed)
+    sequences = sid_ids[torch.arange(LEVELS), codes]  # [n_items, LEVELS] token ids
+    t0 = time.perf_counter()
+    trie = SIDTrie.from_sequences(sequences, vocab_size=len(tokenizer))
+    trie_ms = (time.perf_counter() - t0) * 1e3
+    seq_list = sequences.tolist()
+    sid_strings = ["".join(tokenizer.convert_ids_to_tokens(row)) for row in seq_list]
+    input_ids, attention_mask = build_prompts(tokenizer, sid_strings, setting["prompts"], seed)
+
+    def run_lower_bound(ids, mask):
+        return lower_bound(model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None])
+
+    def run_semrec(ids, mask):
+        return semrec_decoder(model, trie, ids, mask, beams, top_k)
+
+    def run_semrec_sid_rows(ids, mask):
+        return semrec_decoder(
+            model, trie, ids, mask, beams, top_k, score_mode="renormalized", sid_rows_only=True
         )
-        stats["semrec_sid_rows"]["overhead_vs_lower_bound"] = round(
-            stats["semrec_sid_rows"]["wall_s"] / stats["lower_bound"]["wall_s"], 3
+
+    def run_generate(ids, mask):
+        return generate_dict_trie(model, seq_list, ids, mask, beams, top_k, tokenizer.pad_token_id)
+
+    cases: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple]] = {
+        "lower_bound": run_lower_bound,
+        "semrec": run_semrec,
+        "semrec_sid_rows": run_semrec_sid_rows,
+    }
+    if not skip_baseline:
+        cases["generate_dict_trie"] = run_generate
+    for run in cases.values():  # warm-up on 2 prompts (oneDNN kernels, allocator)
+        with autocast():
+            run(input_ids[:2, -100:], attention_mask[:2, -100:])
+    results, runs = {}, {name: [] for name in cases}
+    for _ in range(setting["repeats"]):  # round-robin, so load changes hit every case alike
+        for name, run in cases.items():
+            results[name], measured = measure(run, input_ids, attention_mask, autocast())
+            runs[name].append(measured)
+    stats = {name: summarize(measured) for name, measured in runs.items()}
+
+    for name in ("semrec", "semrec_sid_rows"):
+        stats[name]["overhead_vs_lower_bound"] = round(
+            stats[name]["wall_s"] / stats["lower_bound"]["wall_s"], 3
         )
-        if "generate_dict_trie" in results:
-            base_items, base_scores = results["generate_dict_trie"]
-            items, scores = results["semrec"]
-            same, total = identical_lists(items, base_items)
-            semrec_stats["speedup_vs_generate"] = round(
-                stats["generate_dict_trie"]["wall_s"] / semrec_stats["wall_s"], 2
-            )
-            semrec_stats["top10_identical_to_generate"] = same == total
-            semrec_stats["prompts_with_identical_top10"] = f"{same}/{total}"
-            semrec_stats["max_abs_score_diff_vs_generate"] = round(
-                float((scores - base_scores).abs().max()), 6
-            )
-            semrec_stats["invalid_items_generate"] = int((base_items < 0).sum())
-        semrec_stats["invalid_items"] = int((results["semrec"][0] < 0).sum())
-        for name in cases:
-            print(json.dumps({**common, "case": name, **stats[name]}), flush=True)
+    semrec = stats["semrec"]
+    semrec["invalid_items"] = int((results["semrec"][0] < 0).sum())
+    if "generate_dict_trie" in results:
+        base_items, base_scores = results["generate_dict_trie"]
+        items, scores = results["semrec"]
+        same, total = identical_lists(items, base_items)
+        semrec["speedup_vs_generate"] = round(
+            stats["generate_dict_trie"]["wall_s"] / semrec["wall_s"], 2
+        )
+        semrec["top10_identical_to_generate"] = same == total
+        semrec["prompts_with_identical_top10"] = f"{same}/{total}"
+        semrec["max_abs_score_diff_vs_generate"] = round(
+            float((scores - base_scores).abs().max()), 6
+        )
+        stats["generate_dict_trie"]["invalid_items"] = int((base_items < 0).sum())
+    common = {
+        "catalog": catalog,
+        "items": len(seq_list),
+        "mean_prompt_tokens": round(float(attention_mask.sum(1).float().mean()), 1),
+        "padded_prompt_tokens": input_ids.shape[1],
+        **setting,
+        "trie_build_ms": round(trie_ms, 1),
+    }
+    return [{**common, "case": name, **stats[name]} for name in cases]
 
 
 if __name__ == "__main__":

@@ -53,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from semrec.pipeline import Run, RunError
+
+    if not args.verbose:
+        import lightning  # noqa: F401  (sets its loggers to INFO on import; quieten after)
+
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    from semrec.pipeline import Run, RunError
 
     try:
         if args.command == "test":

@@ -272,9 +272,15 @@ class Run:
             seed=cfg.seed,
         )
 
+    @cached_property
+    def precision(self) -> str:
+        from semrec.models.backbone import resolve_precision
+
+        return resolve_precision(self.config.train.precision)
+
     def decoder(self) -> ConstrainedBeamSearch:
         cfg = self.config
-        bf16 = cfg.train.precision.startswith("bf16")
+        bf16 = self.precision.startswith("bf16")
         return ConstrainedBeamSearch(
             num_beams=cfg.eval.num_beams,
             score_mode=cfg.eval.score_mode,
@@ -369,7 +375,7 @@ class Run:
             devices=1,
             max_epochs=cfg.train.epochs,
             max_steps=cfg.train.max_steps,
-            precision=cfg.train.precision,
+            precision=self.precision,
             accumulate_grad_batches=cfg.train.accumulate_grad_batches,
             gradient_clip_val=cfg.train.gradient_clip,
             val_check_interval=cfg.train.val_check_interval,
@@ -403,7 +409,7 @@ class Run:
         trainer = L.Trainer(
             accelerator="auto",
             devices=1,
-            precision=cfg.train.precision,
+            precision=self.precision,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

@@ -20,12 +20,21 @@ class UnknownComponentError(KeyError):
         return str(self.args[0])
 
 
+class NotImplementedComponentError(UnknownComponentError):
+    """A config named a component that is planned but not implemented yet."""
+
+
 class Registry(Generic[T]):
     """Maps names to classes (or factories) of one kind of component."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._planned: dict[str, str] = {}
+
+    def plan(self, name: str, note: str) -> None:
+        """Reserve ``name`` for a component that is not implemented yet; ``get`` says so."""
+        self._planned[name] = note
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@TOKENIZERS.register("rqkmeans")``."""
@@ -42,6 +51,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            if name in self._planned:
+                raise NotImplementedComponentError(
+                    f"{self.kind} {name!r} is not implemented yet ({self._planned[name]}); "
+                    f"available: {', '.join(self.names())}"
+                ) from None
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownComponentError(

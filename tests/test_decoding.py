@@ -344,6 +344,11 @@ def test_bad_arguments_are_rejected():
         ConstrainedBeamSearch(sid_rows_only=True)
     with pytest.raises(ValueError, match="score_mode must be one of"):
         ConstrainedBeamSearch(score_mode="length_normalized")
+    too_big = SIDTrie.from_sequences([[40, 70]], vocab_size=100)
+    with pytest.raises(ValueError, match="uses token id 70 but the model has only 64 output"):
+        ConstrainedBeamSearch(num_beams=2).search(
+            tiny_model(), too_big, torch.tensor([[5]]), top_k=1
+        )
     right_padded = torch.tensor([[1, 1, 0]])
     with pytest.raises(ValueError, match="LEFT padded"):
         ConstrainedBeamSearch(num_beams=2).search(
@@ -397,7 +402,7 @@ def _perturb_adapters(model: torch.nn.Module) -> None:
     """Make every adapter parameter non-trivial so a head that ignored them would differ."""
     torch.manual_seed(2)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.5)
     model.eval()

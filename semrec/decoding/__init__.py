@@ -4,6 +4,13 @@
 - :class:`ConstrainedBeamSearch`: batched beam search that encodes each prompt once;
 - :class:`TrieLogitsProcessor`: the same constraint inside ``model.generate()``;
 - :func:`exact_item_scores`: brute-force scoring of every item (correctness reference).
+
+Typical use (prompts LEFT padded; item ``i`` is row ``i`` of the SID token-id table)::
+
+    trie = SIDTrie.from_sequences(sid_token_ids, vocab_size=len(tokenizer))
+    decoder = ConstrainedBeamSearch(num_beams=20)
+    result = decoder.search(model, trie, batch["input_ids"], batch["attention_mask"], top_k=10)
+    result.items  # [B, 10] item indices, best first; result.scores their log-probabilities
 """
 
 from semrec.decoding.beam_search import ConstrainedBeamSearch, DecodeResult, ScoreMode

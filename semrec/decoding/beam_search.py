@@ -157,6 +157,8 @@ class ConstrainedBeamSearch:
         prompt_len = attention_mask.sum(dim=1)
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
         logits, cache = step_fn(input_ids, attention_mask, positions, None)
+        if step_fn.token_column is None:
+            _check_vocabulary(trie, logits.shape[-1])
 
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, w] live trie nodes
         scores = torch.zeros(batch, 1, device=device)  # [B, w] their summed log-probs
@@ -260,6 +262,7 @@ class _StepLogits:
                 f"{type(causal_lm).__name__} has no base_model_prefix body"
             )
         head = causal_lm.get_output_embeddings()
+        _check_vocabulary(trie, head.weight.shape[0])
         sid_ids = trie.sid_token_ids
         self._sid_ids = sid_ids
         self._head = head
@@ -385,6 +388,15 @@ def _reorder_cache(cache: Any, source: torch.Tensor, shared_length: int | None) 
         f"the model returned a {type(cache).__name__} cache, which cannot be reordered for beam "
         "search (expected a transformers Cache with reorder_cache)"
     )
+
+
+def _check_vocabulary(trie: SIDTrie, n_logits: int) -> None:
+    largest = int(trie.node_token.max())
+    if largest >= n_logits:
+        raise ValueError(
+            f"the trie uses token id {largest} but the model has only {n_logits} output "
+            "logits; add the SID tokens to the tokenizer and resize the model's embeddings"
+        )
 
 
 def _check_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -236,3 +236,21 @@ __all__ = [
     "tiny_llama",
     "tiny_tokenizer",
 ]
+
+
+def bf16_is_fast() -> bool:
+    """True on a CUDA GPU with bf16 support or a CPU advertising AMX-BF16."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "amx_bf16" in fh.read()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """Turn ``auto`` into ``bf16-mixed`` or ``32`` for this machine; other values pass through."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if bf16_is_fast() else "32"

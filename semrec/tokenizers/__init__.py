@@ -15,6 +15,11 @@ from semrec.tokenizers.base import (
 )
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
 
+TOKENIZERS.plan("rqvae_usm", "LC-Rec RQ-VAE with uniform semantic mapping, issue #4")
+TOKENIZERS.plan("behavior_codebook", "Semantic Convergence alignment tokenization")
+TOKENIZERS.plan("ulmrec_user", "ULMRec user indices")
+TOKENIZERS.plan("ttds", "TTDS twin-tower dynamic tokenizer")
+
 __all__ = [
     "TOKENIZERS",
     "FittedCodes",
