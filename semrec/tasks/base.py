@@ -36,12 +36,19 @@ class Sample:
 
 @dataclass
 class TaskContext:
-    """What tasks may read: the dataset, its split, SID strings and item texts per item."""
+    """What tasks may read: the dataset, its split, SID strings and item texts per item.
+
+    ``annotations`` holds generated texts by kind, then key (``semrec annotate`` makes them):
+    ``annotations["intention"]["<user id>:<item id>"]`` is why that user chose that item and
+    ``annotations["preference"]["<user id>"]`` a user's preferences, with the dataset's
+    external ids (``dataset.user_ids`` / ``dataset.item_ids``), e.g. ``"196:242"``.
+    """
 
     dataset: RecDataset
     split: Split
     sids: list[str]
     item_texts: list[str] | None = None
+    annotations: dict[str, dict[str, str]] | None = None
 
     def history_text(self, history: tuple[int, ...], separator: str = ", ") -> str:
         return separator.join(self.sids[i] for i in history)

@@ -14,8 +14,8 @@ from semrec.tokenizers.base import (
     load_tokenizer,
 )
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
+from semrec.tokenizers.rqvae_usm import RandomIDTokenizer, RQVAEUSMTokenizer, VanillaIDTokenizer
 
-TOKENIZERS.plan("rqvae_usm", "LC-Rec RQ-VAE with uniform semantic mapping, issue #4")
 TOKENIZERS.plan("behavior_codebook", "Semantic Convergence alignment tokenization")
 TOKENIZERS.plan("ulmrec_user", "ULMRec user indices")
 TOKENIZERS.plan("ttds", "TTDS twin-tower dynamic tokenizer")
@@ -26,6 +26,9 @@ __all__ = [
     "ItemTokenizer",
     "PrecomputedTokenizer",
     "RQKMeansTokenizer",
+    "RQVAEUSMTokenizer",
+    "RandomIDTokenizer",
+    "VanillaIDTokenizer",
     "SIDConflictWarning",
     "load_tokenizer",
 ]

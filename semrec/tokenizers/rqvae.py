@@ -1,0 +1,299 @@
+"""The RQ-VAE of LC-Rec (Section III-B, Eq. 1-5) and its small Lightning training loop.
+
+:class:`RQVAE` is an MLP autoencoder with a residual quantiser between encoder and decoder:
+
+* encoder ``input_dim -> hidden... -> code_dim`` and decoder ``code_dim -> reversed hidden
+  -> input_dim``, ReLU between layers, none after the last;
+* ``levels`` codebooks; level ``l`` picks the code nearest to the residual left by the
+  levels before it (Eq. 1-2); with ``usm=True`` the last level picks by Sinkhorn instead
+  (Algorithm 1, :func:`~semrec.tokenizers.sinkhorn.sinkhorn_codes`);
+* loss (Eq. 3-5) = reconstruction MSE + sum over levels of
+  ``||sg[r] - e||^2 + beta * ||r - sg[e]||^2`` (means over elements, as LC-Rec's code),
+  with the straight-through estimator carrying the decoder's gradient to the encoder.
+
+:func:`train_rqvae` initialises the codebooks by residual k-means on the encoder's
+latents of all items, then trains with AdamW in a CPU ``lightning.Trainer`` that writes no
+checkpoint files. After every epoch it records the reconstruction loss, per-level code
+usage and the collision rate of the argmin codes of all items (the returned history).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from semrec.tokenizers.collisions import collision_rate
+from semrec.tokenizers.kmeans import kmeans
+from semrec.tokenizers.sinkhorn import (
+    DEFAULT_EPSILON,
+    DEFAULT_ITERATIONS,
+    sinkhorn_codes,
+    squared_distances,
+)
+
+#: LC-Rec's encoder widths (its decoder mirrors them); the latent (code) dimension is 32.
+LCREC_HIDDEN_LAYERS = (2048, 1024, 512, 256)
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers through ``sizes`` with ReLU between them (not after the last)."""
+    layers: list[nn.Module] = []
+    for index, (inp, out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(inp, out))
+        if index < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class RQVAEOutput:
+    """One forward pass: reconstruction, codes and the two loss terms."""
+
+    reconstruction: torch.Tensor  # [n, input_dim]
+    codes: torch.Tensor  # [n, levels]
+    reconstruction_loss: torch.Tensor  # scalar, Eq. 3
+    quantization_loss: torch.Tensor  # scalar, Eq. 4
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """Eq. 5."""
+        return self.reconstruction_loss + self.quantization_loss
+
+
+class RQVAE(nn.Module):
+    """MLP encoder/decoder around a residual vector quantiser (see the module docstring)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        codebook_sizes: Sequence[int],
+        *,
+        code_dim: int = 32,
+        hidden_layers: Sequence[int] = LCREC_HIDDEN_LAYERS,
+        beta: float = 0.25,
+        sinkhorn_epsilon: float = DEFAULT_EPSILON,
+        sinkhorn_iterations: int = DEFAULT_ITERATIONS,
+    ) -> None:
+        super().__init__()
+        if not codebook_sizes or any(size < 1 for size in codebook_sizes):
+            raise ValueError(f"codebook sizes must be >= 1, got {list(codebook_sizes)}")
+        widths = [input_dim, *hidden_layers, code_dim]
+        if any(width < 1 for width in widths):
+            raise ValueError(f"layer sizes must be >= 1, got {widths}")
+        self.encoder = mlp(widths)
+        self.decoder = mlp(widths[::-1])
+        self.codebooks = nn.ParameterList(
+            nn.Parameter(torch.randn(size, code_dim) * 0.01) for size in codebook_sizes
+        )
+        self.beta = beta
+        self.sinkhorn_epsilon = sinkhorn_epsilon
+        self.sinkhorn_iterations = sinkhorn_iterations
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebooks)
+
+    def forward(self, x: torch.Tensor, *, usm: bool = False) -> RQVAEOutput:
+        """Encode, quantise (last level by Sinkhorn if ``usm``), decode; Eq. 3-5."""
+        z = self.encoder(x)
+        residual = z
+        quantized = torch.zeros_like(z)
+        codes, quantization_loss = [], z.new_zeros(())
+        for level, codebook in enumerate(self.codebooks):
+            distances = squared_distances(residual.detach(), codebook.detach())
+            if usm and level == self.levels - 1:
+                code = sinkhorn_codes(distances, self.sinkhorn_epsilon, self.sinkhorn_iterations)
+            else:
+                code = distances.argmin(dim=1)
+            chosen = codebook[code]
+            quantization_loss = (
+                quantization_loss
+                + F.mse_loss(chosen, residual.detach())
+                + self.beta * F.mse_loss(residual, chosen.detach())
+            )
+            quantized = quantized + chosen
+            residual = residual - chosen.detach()
+            codes.append(code)
+        # Straight-through: the decoder sees the codes, the encoder gets the decoder's gradient.
+        reconstruction = self.decoder(z + (quantized - z).detach())
+        return RQVAEOutput(
+            reconstruction=reconstruction,
+            codes=torch.stack(codes, dim=1),
+            reconstruction_loss=F.mse_loss(reconstruction, x),
+            quantization_loss=quantization_loss,
+        )
+
+    @torch.no_grad()
+    def argmin_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmin codes [n, levels] (Eq. 1-2) and the last level's distances [n, K]."""
+        residual = self.encoder(x)
+        codes = []
+        for codebook in self.codebooks:
+            distances = squared_distances(residual, codebook)
+            code = distances.argmin(dim=1)
+            codes.append(code)
+            residual = residual - codebook[code]
+        return torch.stack(codes, dim=1), distances
+
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
+        """Residual k-means on the encoder's latents of ``x`` sets every codebook."""
+        generator = torch.Generator().manual_seed(seed)
+        residual = self.encoder(x)
+        for codebook in self.codebooks:
+            result = kmeans(residual, codebook.shape[0], seed=generator)
+            codebook.copy_(result.centroids)
+            residual = residual - result.centroids[result.assignments]
+
+
+class RQVAETraining(lightning.LightningModule):
+    """Lightning wrapper: AdamW on Eq. 5, per-epoch statistics over all items."""
+
+    def __init__(
+        self,
+        model: RQVAE,
+        items: torch.Tensor,
+        *,
+        lr: float,
+        weight_decay: float,
+        usm: bool,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.items = items
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.usm = usm
+        self.history: list[dict[str, Any]] = []
+        self._epoch_losses: list[tuple[float, float, int]] = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_index: int) -> torch.Tensor:
+        (x,) = batch
+        output = self.model(x, usm=self.usm)
+        self._epoch_losses.append(
+            (
+                output.reconstruction_loss.item(),
+                output.quantization_loss.item(),
+                x.shape[0],
+            )
+        )
+        self.log("train/loss", output.loss, prog_bar=False, batch_size=x.shape[0])
+        return output.loss
+
+    def on_train_epoch_end(self) -> None:
+        total = sum(size for _, _, size in self._epoch_losses)
+        recon = sum(loss * size for loss, _, size in self._epoch_losses) / total
+        quant = sum(loss * size for _, loss, size in self._epoch_losses) / total
+        self._epoch_losses.clear()
+        codes, _ = self.model.argmin_codes(self.items)
+        usage = [
+            int(codes[:, level].unique().numel()) / int(codebook.shape[0])
+            for level, codebook in enumerate(self.model.codebooks)
+        ]
+        record = {
+            "epoch": self.current_epoch,
+            "reconstruction_loss": recon,
+            "quantization_loss": quant,
+            "code_usage": usage,
+            "collision_rate": collision_rate(codes),
+        }
+        self.history.append(record)
+        self.log("epoch/reconstruction_loss", recon)
+        self.log("epoch/collision_rate", record["collision_rate"])
+        for level, value in enumerate(usage):
+            self.log(f"epoch/code_usage_level_{level}", value)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+
+
+def train_rqvae(
+    model: RQVAE,
+    items: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    usm: bool = True,
+    seed: int = 0,
+    log_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """K-means-initialise ``model``'s codebooks on ``items``, then train it; returns the history.
+
+    Runs on CPU with a private RNG state (the global one is restored). ``log_dir`` adds a
+    CSV logger writing there; without it nothing is written to disk.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.init_codebooks(items, seed)
+        module = RQVAETraining(model, items, lr=lr, weight_decay=weight_decay, usm=usm)
+        loader = DataLoader(
+            TensorDataset(items),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        logger: Any = False
+        if log_dir is not None:
+            from lightning.pytorch.loggers import CSVLogger
+
+            logger = CSVLogger(log_dir, name="rqvae")
+        with _quiet_lightning():
+            trainer = lightning.Trainer(
+                accelerator="cpu",
+                devices=1,
+                max_epochs=epochs,
+                logger=logger,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                log_every_n_steps=1,
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(module, loader)
+    model.eval()
+    return module.history
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banner (accelerator info, tips) and its warnings about tiny loaders."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in _LIGHTNING_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric",
+)
+_LIGHTNING_NOISE = (
+    ".*does not have many workers.*",
+    ".*number of training batches.*",
+    ".*LeafSpec.*",
+)
