@@ -111,6 +111,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    task: str = "seq"  # the recommendation task whose prompts valid/test users get
     num_beams: int = Field(20, ge=1)
     ks: list[int] = [1, 5, 10]
     batch_size: int = Field(16, ge=1)
@@ -154,6 +155,10 @@ class ExperimentConfig(_Section):
         _check_component("tokenizer", self.tokenizer, TOKENIZERS)
         for i, task in enumerate(self.tasks):
             _check_component(f"tasks[{i}]", task, TASKS)
+        try:
+            TASKS.get(self.eval.task)
+        except KeyError as err:
+            raise ConfigError(f"eval.task: {err}") from None
         if max(self.eval.ks) > self.eval.num_beams:
             raise ConfigError(
                 f"eval.ks: largest k ({max(self.eval.ks)}) exceeds eval.num_beams "

@@ -255,9 +255,15 @@ class Run:
         data = self.data
         ctx = TaskContext(data.dataset, data.split, self.tokenizer.sid_strings(), data.item_texts)
         tasks = [(TASKS.get(t.name)(**t.params), t.weight) for t in self.config.tasks]
-        eval_task = next((t for t, _ in tasks if isinstance(t, RecommendationTask)), None)
+        eval_name = self.config.eval.task
+        eval_task = next((t for t, _ in tasks if t.name == eval_name), None)
         if eval_task is None:
-            eval_task = TASKS.get("seq")()
+            eval_task = TASKS.get(eval_name)()
+        if not isinstance(eval_task, RecommendationTask):
+            raise RunError(
+                f"eval.task: {eval_name!r} does not recommend items (its response is not a "
+                "SID); use a recommendation task such as 'seq'"
+            )
         cfg = self.config
         return GenRecDataModule(
             ctx,
