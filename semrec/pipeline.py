@@ -483,11 +483,17 @@ def _hr_stderr(p: float, n: int) -> float:
 
 def format_tokenizer_stats(stats: dict[str, Any]) -> str:
     """Short human summary of :meth:`ItemTokenizer.stats`."""
+    resolution = stats.get("collision_resolution", {})
+    details = ", ".join(
+        f"{key}={value}"
+        for key, value in resolution.items()
+        if key != "strategy" and isinstance(value, (int, float, str, bool))
+    )
     lines = [
         f"[tokenize] {stats.get('n_items')} items, {stats.get('levels')} levels; "
         f"collision rate {stats.get('collision_rate_before', 0):.4f} before resolution, "
         f"{stats.get('collision_rate_after', 0):.4f} after "
-        f"({stats.get('collision_resolution', {}).get('strategy', 'none')})"
+        f"({resolution.get('strategy', 'none')}{': ' + details if details else ''})"
     ]
     for level in stats.get("per_level", []):
         lines.append(

@@ -189,3 +189,13 @@ def test_vanilla_id_is_one_token_per_item(tmp_path):
     assert load_tokenizer(tmp_path / "v").sid_strings() == tok.sid_strings()
     with pytest.raises(NotImplementedError, match="vanilla_id"):
         tok.encode_new(embeddings(2))
+
+
+def test_standardization_makes_codes_independent_of_embedding_scale():
+    x = embeddings(60)
+    runs = []
+    for data in (x, 0.01 * x + 3.0):  # e.g. unit-norm sentence embeddings vs raw ones
+        tok = RQVAEUSMTokenizer(levels=2, codebook_size=[4, 16], epochs=2, **SMALL)
+        tok.fit(data)
+        runs.append(tok.codes_before_resolution)
+    assert torch.equal(runs[0], runs[1])

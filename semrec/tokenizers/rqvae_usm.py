@@ -38,6 +38,8 @@ class RQVAEUSMTokenizer(ItemTokenizer):
     2048-1024-512-256 (decoder mirrored), beta 0.25, AdamW lr 1e-3 / weight decay 1e-4,
     batch 1024, Sinkhorn epsilon 0.003 with 50 iterations. ``epochs`` defaults to 200
     (enough for a catalogue of a few thousand items on CPU; LC-Rec trains far longer).
+    ``standardize`` (default on, not in LC-Rec) z-scores each embedding dimension first; see
+    :func:`~semrec.tokenizers.rqvae.train_rqvae` for why unit-norm embeddings need it.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         usm: bool = True,
+        standardize: bool = True,
         sinkhorn_epsilon: float = DEFAULT_EPSILON,
         sinkhorn_iterations: int = DEFAULT_ITERATIONS,
         max_rounds: int = 20,
@@ -78,6 +81,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
         self.lr = lr
         self.weight_decay = weight_decay
         self.usm = usm
+        self.standardize = standardize
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
         self.max_rounds = max_rounds
@@ -98,6 +102,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
             "lr": self.lr,
             "weight_decay": self.weight_decay,
             "usm": self.usm,
+            "standardize": self.standardize,
             "sinkhorn_epsilon": self.sinkhorn_epsilon,
             "sinkhorn_iterations": self.sinkhorn_iterations,
             "max_rounds": self.max_rounds,
@@ -133,6 +138,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
             lr=self.lr,
             weight_decay=self.weight_decay,
             usm=self.usm,
+            standardize=self.standardize,
             seed=seed,
             log_dir=self.log_dir,
         )
@@ -242,7 +248,7 @@ class RandomIDTokenizer(ItemTokenizer):
         return FittedCodes(
             codes=codes,
             codebook_sizes=list(sizes),
-            resolution={"strategy": "none (random codes are drawn unique)"},
+            resolution={"strategy": "none", "note": "random codes are drawn unique"},
             info={"seed": seed},
         )
 
@@ -273,7 +279,7 @@ class VanillaIDTokenizer(ItemTokenizer):
         return FittedCodes(
             codes=torch.arange(n).unsqueeze(1),
             codebook_sizes=[n],
-            resolution={"strategy": "none (one token per item)"},
+            resolution={"strategy": "none", "note": "one token per item"},
         )
 
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
