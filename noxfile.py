@@ -59,9 +59,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Decoding benchmark: prints one JSON line per case (see benchmarks/decoding.py)."""
+    """Decoding benchmark, one JSON line per case. ``nox -s bench -- --threads 1`` is the full
+    run (~35 min on one core, mostly the generate() baseline); without args: ``--quick``."""
     _install(session)
-    session.run("python", "benchmarks/decoding.py", *session.posargs, env=OFFLINE)
+    args = session.posargs or ["--quick"]
+    session.run("python", "benchmarks/decoding.py", *args, env=OFFLINE)
 
 
 @nox.session

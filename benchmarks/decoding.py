@@ -21,14 +21,16 @@ history of SIDs, about 120 tokens, different lengths (left padded), all in one b
 every case. All cases use the same dtype: bf16 autocast when the CPU advertises native
 bf16 (AMX or AVX512-BF16), else float32 (``--dtype`` overrides).
 
-Each case runs ``--repeats`` times round-robin (default 2) and reports its best wall time.
+Each case runs in a fresh process (model load and a 1-prompt warm-up are not timed),
+``--repeats`` times round-robin (default 2), and reports its best wall time.
 On a machine other jobs share, pass ``--threads 1``: two OpenMP threads on two busy cores
 spin and slow every case down up to 10x, unevenly. The full run takes about 25 minutes on
 one thread, almost all of it in generate().
 
 Peak memory is the process RSS sampled every 5 ms by a thread during the case (psutil, or
 /proc/self/statm without it), minus the RSS just before it (``tracemalloc`` does not see
-torch allocations; ``ru_maxrss`` only ever grows, so it cannot separate cases).
+torch allocations; in one shared process, memory freed by an earlier case stays resident
+and hides the next case's use, hence a process per case).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -52,6 +55,7 @@ from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
 
 LEVELS, CODES = 4, 256
 CATALOG_SIZES = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
+CASES = ("lower_bound", "semrec", "semrec_sid_rows", "generate_dict_trie")
 
 
 # ---------------------------------------------------------------------------- setup
@@ -276,16 +280,6 @@ def measure(run: Callable, input_ids, attention_mask, autocast):
     }
 
 
-def summarize(runs: list[dict]) -> dict:
-    """Best wall time over the repeats (the least disturbed by other processes), all runs too."""
-    return {
-        "wall_s": min(r["wall_s"] for r in runs),
-        "wall_s_runs": [r["wall_s"] for r in runs],
-        "peak_rss_delta_mb": max(r["peak_rss_delta_mb"] for r in runs),
-        "loadavg_1m_before": [r["loadavg_1m_before"] for r in runs],
-    }
-
-
 def native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -309,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
-    parser.add_argument("--catalogs", default="synthetic-10k,ml-100k-size")
+    parser.add_argument("--catalogs", default=",".join(CATALOG_SIZES))
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -317,44 +311,52 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=None, help="runs per case, best taken (default 2; quick 1)"
     )
     parser.add_argument("--skip-baseline", action="store_true", help="skip generate() (slow)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # CATALOG:CASE
     args = parser.parse_args(argv)
     catalogs = args.catalogs.split(",")
     unknown = [name for name in catalogs if name not in CATALOG_SIZES]
     if unknown:
         parser.error(f"unknown catalog(s) {unknown}; choose from {', '.join(CATALOG_SIZES)}")
-    n_prompts = args.prompts or (8 if args.quick else 32)
+    args.prompts = args.prompts or (8 if args.quick else 32)
+    if args.dtype == "auto":
+        args.dtype = "bf16" if native_bf16() else "fp32"
+    if args.child:
+        catalog, case = args.child.split(":")
+        print(json.dumps(run_case(args, catalog, case)), flush=True)
+        return
+
     repeats = args.repeats or (1 if args.quick else 2)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    use_bf16 = args.dtype == "bf16" or (args.dtype == "auto" and native_bf16())
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    t0 = time.perf_counter()
-    model, tokenizer, sid_ids = load_model_with_sid_tokens()
-    setup_s = time.perf_counter() - t0
-    for seed, catalog in enumerate(catalogs):
-        setting = {
-            "prompts": n_prompts,
-            "beams": args.beams,
-            "top_k": args.top_k,
-            "dtype": "bf16-autocast" if use_bf16 else "fp32",
-            "threads": torch.get_num_threads(),
-            "repeats": repeats,
-            "model_setup_s": round(setup_s, 1),
-        }
-        for line in run_catalog(
-            model, tokenizer, sid_ids, catalog, seed, setting, autocast, args.skip_baseline
-        ):
+    cases = [c for c in CASES if not (args.skip_baseline and c == "generate_dict_trie")]
+    for catalog in catalogs:
+        runs: dict[str, list[dict]] = {case: [] for case in cases}
+        for _ in range(repeats):  # round-robin, so load changes hit every case alike
+            for case in cases:
+                runs[case].append(spawn_case(args, catalog, case))
+        for line in summarize_catalog(catalog, runs, args, repeats):
             print(json.dumps(line), flush=True)
 
 
-def run_catalog(model, tokenizer, sid_ids, catalog, seed, setting, autocast, skip_baseline):
-    """Measure every case on one catalog; returns one dict per case (the JSON lines)."""
-    beams, top_k = setting["beams"], setting["top_k"]
+def spawn_case(args: argparse.Namespace, catalog: str, case: str) -> dict:
+    """Run one case in a fresh process, so its peak memory is its own."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", f"{catalog}:{case}"]
+    command += ["--prompts", str(args.prompts), "--beams", str(args.beams)]
+    command += ["--top-k", str(args.top_k), "--dtype", args.dtype]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case} on {catalog} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_case(args: argparse.Namespace, catalog: str, case: str) -> dict:
+    """The child process: build everything, warm up on 1 short prompt, measure one run."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model, tokenizer, sid_ids = load_model_with_sid_tokens()
+    setup_s = time.perf_counter() - t0
+    seed = list(CATALOG_SIZES).index(catalog)
     codes = synthetic_codes(CATALOG_SIZES[catalog], seed=seed)
     sequences = sid_ids[torch.arange(LEVELS), codes]  # [n_items, LEVELS] token ids
     t0 = time.perf_counter()
@@ -362,48 +364,77 @@ def run_catalog(model, tokenizer, sid_ids, catalog, seed, setting, autocast, ski
     trie_ms = (time.perf_counter() - t0) * 1e3
     seq_list = sequences.tolist()
     sid_strings = ["".join(tokenizer.convert_ids_to_tokens(row)) for row in seq_list]
-    input_ids, attention_mask = build_prompts(tokenizer, sid_strings, setting["prompts"], seed)
+    input_ids, attention_mask = build_prompts(tokenizer, sid_strings, args.prompts, seed)
+    beams, top_k = args.beams, args.top_k
 
-    def run_lower_bound(ids, mask):
-        return lower_bound(model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None])
-
-    def run_semrec(ids, mask):
-        return semrec_decoder(model, trie, ids, mask, beams, top_k)
-
-    def run_semrec_sid_rows(ids, mask):
-        return semrec_decoder(
-            model, trie, ids, mask, beams, top_k, score_mode="renormalized", sid_rows_only=True
-        )
-
-    def run_generate(ids, mask):
+    def run(ids: torch.Tensor, mask: torch.Tensor) -> tuple:
+        if case == "lower_bound":
+            return lower_bound(model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None])
+        if case == "semrec":
+            return semrec_decoder(model, trie, ids, mask, beams, top_k)
+        if case == "semrec_sid_rows":
+            return semrec_decoder(
+                model, trie, ids, mask, beams, top_k, score_mode="renormalized", sid_rows_only=True
+            )
         return generate_dict_trie(model, seq_list, ids, mask, beams, top_k, tokenizer.pad_token_id)
 
-    cases: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple]] = {
-        "lower_bound": run_lower_bound,
-        "semrec": run_semrec,
-        "semrec_sid_rows": run_semrec_sid_rows,
-    }
-    if not skip_baseline:
-        cases["generate_dict_trie"] = run_generate
-    for run in cases.values():  # warm-up on 2 prompts (oneDNN kernels, allocator)
-        with autocast():
-            run(input_ids[:2, -100:], attention_mask[:2, -100:])
-    results, runs = {}, {name: [] for name in cases}
-    for _ in range(setting["repeats"]):  # round-robin, so load changes hit every case alike
-        for name, run in cases.items():
-            results[name], measured = measure(run, input_ids, attention_mask, autocast())
-            runs[name].append(measured)
-    stats = {name: summarize(measured) for name, measured in runs.items()}
+    def autocast() -> contextlib.AbstractContextManager:
+        if args.dtype == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-    for name in ("semrec", "semrec_sid_rows"):
-        stats[name]["overhead_vs_lower_bound"] = round(
-            stats[name]["wall_s"] / stats["lower_bound"]["wall_s"], 3
-        )
+    with autocast():  # small warm-up (lazy init), so little memory is held over
+        run(input_ids[:1, -24:], attention_mask[:1, -24:])
+    (items, scores), measured = measure(run, input_ids, attention_mask, autocast())
+    return {
+        **measured,
+        "items": len(seq_list),
+        "mean_prompt_tokens": round(float(attention_mask.sum(1).float().mean()), 1),
+        "padded_prompt_tokens": input_ids.shape[1],
+        "trie_build_ms": round(trie_ms, 1),
+        "model_setup_s": round(setup_s, 1),
+        "threads": torch.get_num_threads(),
+        "top_items": items.tolist() if items is not None else None,
+        "top_scores": scores.tolist() if scores is not None else None,
+    }
+
+
+def summarize_catalog(catalog: str, runs: dict[str, list[dict]], args, repeats: int) -> list:
+    """One JSON line per case: best wall time, all runs, comparisons against the others."""
+    first = runs["semrec"][0]
+    common = {
+        "catalog": catalog,
+        "items": first["items"],
+        "prompts": args.prompts,
+        "mean_prompt_tokens": first["mean_prompt_tokens"],
+        "padded_prompt_tokens": first["padded_prompt_tokens"],
+        "beams": args.beams,
+        "top_k": args.top_k,
+        "dtype": "bf16-autocast" if args.dtype == "bf16" else "fp32",
+        "threads": first["threads"],
+        "repeats": repeats,
+        "trie_build_ms": first["trie_build_ms"],
+        "memory_probe": "peak RSS - RSS before the case, fresh process per case",
+    }
+    stats = {
+        case: {
+            "wall_s": min(r["wall_s"] for r in measured),
+            "wall_s_runs": [r["wall_s"] for r in measured],
+            "peak_rss_delta_mb": max(r["peak_rss_delta_mb"] for r in measured),
+            "loadavg_1m_before": [r["loadavg_1m_before"] for r in measured],
+        }
+        for case, measured in runs.items()
+    }
+    lower = stats["lower_bound"]["wall_s"]
+    for case in ("semrec", "semrec_sid_rows"):
+        stats[case]["overhead_vs_lower_bound"] = round(stats[case]["wall_s"] / lower, 3)
+    items = torch.tensor(runs["semrec"][-1]["top_items"])
+    scores = torch.tensor(runs["semrec"][-1]["top_scores"])
     semrec = stats["semrec"]
-    semrec["invalid_items"] = int((results["semrec"][0] < 0).sum())
-    if "generate_dict_trie" in results:
-        base_items, base_scores = results["generate_dict_trie"]
-        items, scores = results["semrec"]
+    semrec["invalid_items"] = int((items < 0).sum())
+    if "generate_dict_trie" in runs:
+        base_items = torch.tensor(runs["generate_dict_trie"][-1]["top_items"])
+        base_scores = torch.tensor(runs["generate_dict_trie"][-1]["top_scores"])
         same, total = identical_lists(items, base_items)
         semrec["speedup_vs_generate"] = round(
             stats["generate_dict_trie"]["wall_s"] / semrec["wall_s"], 2
@@ -414,15 +445,7 @@ def run_catalog(model, tokenizer, sid_ids, catalog, seed, setting, autocast, ski
             float((scores - base_scores).abs().max()), 6
         )
         stats["generate_dict_trie"]["invalid_items"] = int((base_items < 0).sum())
-    common = {
-        "catalog": catalog,
-        "items": len(seq_list),
-        "mean_prompt_tokens": round(float(attention_mask.sum(1).float().mean()), 1),
-        "padded_prompt_tokens": input_ids.shape[1],
-        **setting,
-        "trie_build_ms": round(trie_ms, 1),
-    }
-    return [{**common, "case": name, **stats[name]} for name in cases]
+    return [{**common, "case": case, **stats[case]} for case in runs]
 
 
 if __name__ == "__main__":
