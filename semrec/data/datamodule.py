@@ -55,15 +55,19 @@ class GenRecDataModule(L.LightningDataModule):
         self.seed = seed
         self.valid_examples = subsample_examples(ctx.split.valid, max_valid_users, seed)
         self.test_examples = subsample_examples(ctx.split.test, max_test_users, seed + 1)
+        self._epoch_cache: tuple[int, list[Sample]] | None = None
         for task, _ in tasks:
             task.check(ctx)
 
     def epoch_samples(self, epoch: int) -> list[Sample]:
-        """The training pairs of one epoch, deterministic in (seed, epoch)."""
+        """The training pairs of one epoch, deterministic in (seed, epoch); built once per epoch."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
         rng = random.Random(self.seed * 1_000_003 + epoch)
         samples = build_mixture(self.tasks, self.ctx, rng)
         if self.max_train_samples is not None:
             samples = samples[: self.max_train_samples]
+        self._epoch_cache = (epoch, samples)
         return samples
 
     def train_dataloader(self) -> DataLoader:
