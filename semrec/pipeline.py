@@ -87,7 +87,7 @@ class Run:
         stages = self._stages()
         stages[name] = fingerprint
         # later stages depend on this one: forget them
-        order = ["tokenizer", "train", "test"]
+        order = ["tokenizer", "train"]
         for later in order[order.index(name) + 1 :]:
             stages.pop(later, None)
         write_json(self.stages_file, stages)
@@ -132,7 +132,8 @@ class Run:
         c = self.config
         return content_hash(
             "tokenizer",
-            c.dataset.model_dump(),
+            # only what changes the items or their text; history length etc. do not
+            c.dataset.model_dump(include={"source", "path", "name", "kcore", "text"}),
             c.encoder.model_dump(),
             c.tokenizer.model_dump(),
             c.seed,
@@ -300,11 +301,12 @@ class Run:
         return content_hash(
             "train",
             self._tokenizer_fingerprint(),
+            c.dataset.model_dump(),
             c.model.model_dump(),
             [t.model_dump() for t in c.tasks],
             c.train.model_dump(),
             # eval settings that steer checkpoint selection; test-only ones are left out
-            c.eval.model_dump(include={"num_beams", "ks", "score_mode", "max_valid_users"}),
+            c.eval.model_dump(include={"task", "num_beams", "ks", "score_mode", "max_valid_users"}),
             c.seed,
         )
 

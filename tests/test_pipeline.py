@@ -76,11 +76,18 @@ def test_unchanged_stages_are_reused(tiny_run):
     assert again["test/hr@1"] == pytest.approx(metrics["test/hr@1"])
 
 
-def test_changing_a_training_key_invalidates_only_training(tiny_run):
+@pytest.mark.parametrize("override", ["train.epochs=61", "dataset.max_history=4"])
+def test_changing_a_training_key_invalidates_only_training(tiny_run, override):
     run_dir, _, _ = tiny_run
-    run = Run(load_config(TINY, ["train.epochs=61"]), run_dir, echo=lambda _: None)
+    run = Run(load_config(TINY, [override]), run_dir, echo=lambda _: None)
     assert run._stage_done("tokenizer", run._tokenizer_fingerprint())
     assert not run._stage_done("train", run._train_fingerprint())
+
+
+def test_changing_the_item_text_invalidates_the_tokenizer(tiny_run):
+    run_dir, _, _ = tiny_run
+    run = Run(load_config(TINY, ["dataset.text.fields=[title]"]), run_dir, echo=lambda _: None)
+    assert not run._stage_done("tokenizer", run._tokenizer_fingerprint())
 
 
 def test_semrec_test_refuses_a_stale_adapter(tiny_run, capsys):
