@@ -363,7 +363,7 @@ class Run:
                 else ""
             )
             + f", {cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, "
-            f"validation on {len(datamodule.valid_examples)} users"
+            f"precision {self.precision}, validation on {len(datamodule.valid_examples)} users"
         )
         monitor = f"val/ndcg@{max(cfg.eval.ks)}"
         checkpoint = BestAdapterCheckpoint(adapter_dir, monitor=monitor)
