@@ -153,11 +153,11 @@ class Run:
         return TOKENIZERS.get(cfg.name)(**params)
 
     def item_embeddings(self) -> torch.Tensor:
-        from semrec.text.encoders import TEXT_ENCODERS, encode_cached
+        from semrec.text.encoders import build_text_encoder, encode_cached
 
         start = time.perf_counter()
         cfg = self.config.encoder
-        encoder = TEXT_ENCODERS.get(cfg.name)(**cfg.params)
+        encoder = build_text_encoder(cfg.name, **cfg.params)
         embeddings = encode_cached(encoder, self.data.item_texts)
         self._timed("encode", start)
         self.echo(f"[encode] {cfg.name}: {tuple(embeddings.shape)} item embeddings")
