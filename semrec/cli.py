@@ -15,6 +15,7 @@ EPILOG = """examples:
   semrec fit --config experiments/quickstart.yaml
   semrec fit --config experiments/quickstart.yaml train.epochs=2 tokenizer.params.levels=4
   semrec tokenize --config experiments/quickstart.yaml
+  semrec annotate --config experiments/lcrec_ml100k.yaml --kind preference
   semrec test --run runs/quickstart
 """
 
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add("fit", "encode -> tokenize -> train -> test; writes the run directory")
     add("tokenize", "fit only the item tokenizer and print its statistics")
+    annotate = add("annotate", "generate LLM-written texts (intentions, preferences) for tasks")
+    annotate.add_argument("--kind", required=True, choices=["intention", "preference"])
     test = add("test", "evaluate a finished run on the test users", needs_config=False)
     test.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     return parser
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, args.overrides)
         run = Run(config, args.run_dir)
-        if args.command == "tokenize":
+        if args.command == "annotate":
+            run.annotate(args.kind)
+        elif args.command == "tokenize":
             run.write_config()
             print(run.tokenizer_report())
             print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")

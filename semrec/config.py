@@ -128,6 +128,20 @@ class EvalConfig(_Section):
         return sorted(set(ks))
 
 
+class AnnotatorConfig(ComponentConfig):
+    name: str = "hf_local"
+
+
+class AnnotateConfig(_Section):
+    """The ``semrec annotate`` stage: LLM-written texts (intentions, preferences) for tasks."""
+
+    annotator: AnnotatorConfig = AnnotatorConfig()
+    templates: dict[str, str] = {}  # kind -> prompt template; empty: the built-in one
+    max_requests: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    store_dir: str | None = None  # default: <cache>/annotations
+
+
 class ExperimentConfig(_Section):
     """Everything one ``semrec fit`` run needs."""
 
@@ -141,6 +155,7 @@ class ExperimentConfig(_Section):
     tasks: list[TaskConfig] = [TaskConfig()]
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")

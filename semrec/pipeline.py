@@ -252,10 +252,91 @@ class Run:
             max_prompt_tokens=cfg.max_prompt_tokens,
         )
 
+    # ------------------------------------------------------------------ annotations
+
+    def _annotation_inputs(self, kind: str):
+        """(annotator, store, requests, known_keys) for one annotation kind."""
+        from semrec.annotate import (
+            ANNOTATORS,
+            AnnotationStore,
+            annotation_keys,
+            annotation_requests,
+        )
+
+        cfg = self.config.annotate
+        annotator = ANNOTATORS.get(cfg.annotator.name)(**cfg.annotator.params)
+        store = AnnotationStore(kind, cfg.store_dir)
+        if hasattr(annotator, "lookup"):  # a user-supplied file: every dataset key may appear
+            return annotator, store, {}, annotation_keys(kind, self.data.dataset)
+        requests = annotation_requests(
+            kind,
+            self.data.dataset,
+            self.data.split,
+            cfg.templates.get(kind),
+            cfg.max_requests,
+            self.config.seed,
+        )
+        return annotator, store, requests, None
+
+    def annotate(self, kind: str) -> int:
+        """Generate (or reuse from the cache) the ``kind`` annotations; returns how many exist."""
+        from semrec.annotate import annotate
+
+        annotator, store, requests, known = self._annotation_inputs(kind)
+        start = time.perf_counter()
+
+        shown = [-1]
+
+        def progress(done: int, total: int) -> None:  # about 20 lines for a whole run
+            if done == total or done - shown[0] >= max(1, total // 20):
+                shown[0] = done
+                self.echo(
+                    f"[annotate] {kind}: {done}/{total} ({time.perf_counter() - start:.0f} s)"
+                )
+
+        table = annotate(
+            kind,
+            requests,
+            annotator,
+            store,
+            batch_size=self.config.annotate.batch_size,
+            progress=progress,
+            known_keys=known,
+        )
+        self.echo(f"[annotate] {len(table)} {kind} annotations cached in {store.path}")
+        return len(table)
+
+    def annotations(self, tasks) -> dict[str, dict[str, str]] | None:
+        """Cached annotations of every kind, if any task needs them (tasks say which command
+        makes missing ones)."""
+        from semrec.annotate import AnnotationError, load_annotations
+
+        if not any("annotations" in task.requires for task, _ in tasks):
+            return None
+        tables = {}
+        for kind in ("intention", "preference"):
+            try:
+                annotator, store, requests, known = self._annotation_inputs(kind)
+            except AnnotationError as err:  # e.g. intentions on a dataset without reviews;
+                log.info("no %s annotations: %s", kind, err)  # a task needing them says so
+                continue
+            table = load_annotations(kind, requests, annotator, store, known_keys=known)
+            if table is not None:
+                tables[kind] = table
+        return tables or None
+
+    # ------------------------------------------------------------------ training data
+
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
         data = self.data
-        ctx = TaskContext(data.dataset, data.split, self.tokenizer.sid_strings(), data.item_texts)
         tasks = [(TASKS.get(t.name)(**t.params), t.weight) for t in self.config.tasks]
+        ctx = TaskContext(
+            data.dataset,
+            data.split,
+            self.tokenizer.sid_strings(),
+            data.item_texts,
+            annotations=self.annotations(tasks),
+        )
         eval_name = self.config.eval.task
         eval_task = next((t for t, _ in tasks if t.name == eval_name), None)
         if eval_task is None:

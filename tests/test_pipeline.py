@@ -133,3 +133,27 @@ def test_failing_tokenizer_stage_leaves_nothing_half_written(tmp_path, capsys):
     assert not (run_dir / "tokenizer").exists()
     assert not (run_dir / "stages.json").exists()
     assert not [p for p in run_dir.rglob("*.tmp")]
+
+
+def test_annotate_then_fit_with_the_preference_task(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = [
+        "--run-dir",
+        str(run_dir),
+        "tasks=[{name: seq}, {name: per_preference}]",
+        "annotate.annotator.params={model: tiny, max_new_tokens: 3}",
+        f"annotate.store_dir={tmp_path / 'annotations'}",
+        "train.epochs=1",
+    ]
+    # Without annotations the task names the command that makes them.
+    assert main(["fit", "--config", str(TINY), *common]) == 1
+    assert "semrec annotate" in capsys.readouterr().err
+    assert main(["annotate", "--config", str(TINY), "--kind", "preference", *common]) == 0
+    assert "48 preference annotations" in capsys.readouterr().out
+    lines: list[str] = []
+    config = load_config(TINY, common[2:])
+    run = Run(config, run_dir, echo=lines.append)
+    metrics = run.fit()
+    # 240 SEQ pairs + one preference pair per user
+    assert any("288 training pairs" in line for line in lines)
+    assert metrics["test/invalid_rate"] == 0.0
