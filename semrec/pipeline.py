@@ -337,6 +337,9 @@ class Run:
             data.item_texts,
             annotations=self.annotations(tasks),
         )
+        for task, _ in tasks:
+            for note in task.notes():
+                self.echo(f"[tasks] {note}")
         eval_name = self.config.eval.task
         eval_task = next((t for t, _ in tasks if t.name == eval_name), None)
         if eval_task is None:

@@ -87,6 +87,10 @@ class Task(ABC):
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         """All training pairs for one epoch, each with one randomly sampled template."""
 
+    def notes(self) -> list[str]:
+        """Facts about this task's data a run should print (e.g. where its texts come from)."""
+        return []
+
 
 class RecommendationTask(Task):
     """A task whose response is the next item; it also builds the evaluation prompts."""

@@ -115,6 +115,14 @@ class IntentionTask(RecommendationTask):
         if intention_source == "item_text":
             self.requires = ("item_text",)
 
+    def notes(self) -> list[str]:
+        if self.intention_source == "item_text":
+            return [
+                f"{self.name}: intentions are derived from the target item's text (year, "
+                "categories, description; never its title), not written from user reviews"
+            ]
+        return []
+
     def check(self, ctx: TaskContext) -> None:
         if self.intention_source == "item_text":
             require_any_field(self.name, ctx.dataset, DERIVED_INTENTION_FIELDS)
