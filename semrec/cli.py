@@ -16,6 +16,7 @@ EPILOG = """examples:
   semrec fit --config experiments/quickstart.yaml train.epochs=2 tokenizer.params.levels=4
   semrec tokenize --config experiments/quickstart.yaml
   semrec annotate --config experiments/lcrec_ml100k.yaml --kind preference
+  semrec annotate --config experiments/tsrec_ml100k.yaml --kind token_semantics
   semrec test --run runs/quickstart
 """
 
@@ -40,8 +41,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add("fit", "encode -> tokenize -> train -> test; writes the run directory")
     add("tokenize", "fit only the item tokenizer and print its statistics")
-    annotate = add("annotate", "generate LLM-written texts (intentions, preferences) for tasks")
-    annotate.add_argument("--kind", required=True, choices=["intention", "preference"])
+    annotate = add(
+        "annotate",
+        "generate LLM-written texts (intentions, preferences, SID token semantics) for tasks",
+    )
+    annotate.add_argument(
+        "--kind", required=True, choices=["intention", "preference", "token_semantics"]
+    )
     test = add("test", "evaluate a finished run on the test users", needs_config=False)
     test.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     return parser

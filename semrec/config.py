@@ -74,10 +74,24 @@ class LoraConfig(_Section):
     new_tokens: Literal["token_indices", "full_embeddings", "frozen"] = "token_indices"
 
 
+class SemanticInitConfig(_Section):
+    """TS-Rec SA-Init: SID token rows start as the mean embedding of their keywords' sub-tokens.
+
+    Needs ``token_semantics`` annotations (``semrec annotate --kind token_semantics``).
+    ``depth`` initialises the first ``depth`` SID levels this way (TS-Rec Figure 4; ``null``:
+    every level); tokens of deeper levels, and tokens without usable keywords, keep
+    ``model.embedding_init``.
+    """
+
+    enabled: bool = False
+    depth: int | None = Field(None, ge=1)
+
+
 class ModelConfig(_Section):
     backbone: str = "embedded"
     quantization: Literal["nf4", "fp4"] | None = None
     embedding_init: Literal["mean_resizing", "mean", "random"] = "mean_resizing"
+    semantic_init: SemanticInitConfig = SemanticInitConfig()
     lora: LoraConfig = LoraConfig()
     use_chat_template: bool = True
     system_prompt: str | None = "You are a recommender system."
@@ -110,6 +124,16 @@ class TrainConfig(_Section):
         return str(value) if isinstance(value, int) else value
 
 
+class TokenUnderstandingConfig(_Section):
+    """TS-Rec RQ4: Title2SID and SID2Title accuracy with beam search on a sample of items."""
+
+    enabled: bool = False
+    max_items: int | None = Field(200, ge=1)  # null: every item with a title
+    num_beams: int = Field(5, ge=1)
+    title2sid_template: str = "Which item has the title: {title}?"
+    sid2title_template: str = 'What is the title of item "{sid}"?'
+
+
 class EvalConfig(_Section):
     task: str = "seq"  # the recommendation task whose prompts valid/test users get
     num_beams: int = Field(20, ge=1)
@@ -119,6 +143,7 @@ class EvalConfig(_Section):
     max_valid_users: int | None = Field(None, ge=1)
     max_test_users: int | None = Field(None, ge=1)
     baselines: list[Literal["popularity"]] = ["popularity"]
+    token_understanding: TokenUnderstandingConfig = TokenUnderstandingConfig()
 
     @field_validator("ks")
     @classmethod
@@ -132,14 +157,29 @@ class AnnotatorConfig(ComponentConfig):
     name: str = "hf_local"
 
 
+class TokenSemanticsConfig(_Section):
+    """TS-Rec semantic extraction (section 4.1): one prompt per SID token."""
+
+    items_per_token: int = Field(10, ge=1)  # sample of the token's item cluster shown
+    category: str = "general"  # the item domain named in the prompt ("movie", "office")
+    min_keywords: int = Field(5, ge=1)  # fewer makes an answer unusable
+    max_description_chars: int = Field(300, ge=1)
+
+
 class AnnotateConfig(_Section):
-    """The ``semrec annotate`` stage: LLM-written texts (intentions, preferences) for tasks."""
+    """The ``semrec annotate`` stage: LLM-written texts (intentions, preferences, token
+    semantics) for tasks and SA-Init."""
 
     annotator: AnnotatorConfig = AnnotatorConfig()
     templates: dict[str, str] = {}  # kind -> prompt template; empty: the built-in one
     max_requests: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     store_dir: str | None = None  # default: <cache>/annotations
+    # answers a kind's parser rejects (token_semantics) are asked again this many times,
+    # then either fail the stage (default) or are kept and skipped by their users
+    max_retries: int = Field(2, ge=0)
+    keep_invalid: bool = False
+    token_semantics: TokenSemanticsConfig = TokenSemanticsConfig()
 
 
 class ExperimentConfig(_Section):
@@ -303,14 +343,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = _read_config_file(path, ())
         data.setdefault("name", path.stem)
     try:
         data = apply_overrides(data, list(overrides or []))
@@ -322,6 +355,47 @@ def load_config(
         raise ConfigError(_format_errors(err, source)) from None
     config.check_components()
     return config
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """A config file's mapping with its ``base:`` chain merged in (see :func:`merge_configs`).
+
+    ``base`` is a path relative to the file naming it. A base's ``name`` is not inherited,
+    so a derived config gets its own run directory.
+    """
+    if not path.is_file():
+        where = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path}{where} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    chain = (*chain, path.resolve())
+    if base_path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
+        raise ConfigError(f"{path}: config bases form a cycle: {cycle}")
+    parent = _read_config_file(base_path, chain)
+    parent.pop("name", None)
+    return merge_configs(parent, data)
+
+
+def merge_configs(base: dict, derived: dict) -> dict:
+    """``derived`` on top of ``base``: mappings merge key by key; lists and values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in derived.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_configs(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def dump_config(config: ExperimentConfig) -> str:

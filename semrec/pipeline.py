@@ -214,6 +214,18 @@ class Run:
             init=cfg.embedding_init,
             seed=self.config.seed,
         )
+        if cfg.semantic_init.enabled:
+            from semrec.models.semantic_init import semantic_init
+
+            keywords = {token: sem.keywords for token, sem in (self.token_semantics or {}).items()}
+            report = semantic_init(
+                model,
+                hf_tokenizer,
+                self.tokenizer.level_token_strings(),
+                keywords,
+                depth=cfg.semantic_init.depth,
+            )
+            self.echo(f"[model] {report.summary()}")
         if cfg.lora.enabled:
             lora = cfg.lora
             model = apply_lora(
@@ -254,37 +266,98 @@ class Run:
 
     # ------------------------------------------------------------------ annotations
 
-    def _annotation_inputs(self, kind: str):
-        """(annotator, store, requests, known_keys) for one annotation kind."""
+    def _token_clusters(self) -> dict[str, list[int]]:
+        """TS-Rec Eq. 6 clusters, sampled to ``annotate.token_semantics.items_per_token``."""
+        from semrec.tokenizers.clusters import sample_clusters, token_clusters
+
+        tokenizer = self.tokenizer
+        clusters = token_clusters([tokenizer.item_tokens(i) for i in range(tokenizer.n_items)])
+        size = self.config.annotate.token_semantics.items_per_token
+        return sample_clusters(clusters, size, self.config.seed)
+
+    def _annotation_table(
+        self, kind: str, generate: bool, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[dict[str, str] | None, str]:
+        """(key -> text, where it came from) for one annotation kind.
+
+        ``generate=False`` only reads the cache and returns ``None`` when something is
+        missing; ``generate=True`` asks the annotator for what is missing.
+        """
+        from functools import partial
+
         from semrec.annotate import (
             ANNOTATORS,
+            TOKEN_SEMANTICS,
+            AnnotationError,
             AnnotationStore,
+            annotate,
             annotation_keys,
             annotation_requests,
+            load_annotations,
+            parse_token_semantics,
+            token_semantics_requests,
         )
+        from semrec.annotate.token_semantics import retry_prompt
 
         cfg = self.config.annotate
         annotator = ANNOTATORS.get(cfg.annotator.name)(**cfg.annotator.params)
+        is_file = hasattr(annotator, "lookup")
+        if hasattr(annotator, "summarize"):  # computes its table from the data, no prompts
+            if kind not in annotator.kinds:
+                raise AnnotationError(
+                    f"annotator {cfg.annotator.name!r} makes only {list(annotator.kinds)} "
+                    f"annotations, not {kind!r}"
+                )
+            table = annotator.summarize(self.data.dataset, self._token_clusters())
+            return table, f"annotator {cfg.annotator.name!r} (computed, not cached)"
+        check = None
+        if kind == TOKEN_SEMANTICS:
+            settings = cfg.token_semantics
+            known = set(self.tokenizer.token_strings()) if is_file else None
+            requests = {}
+            if not is_file:
+                requests = token_semantics_requests(
+                    self.data.dataset,
+                    self._token_clusters(),
+                    cfg.templates.get(kind),
+                    category=settings.category,
+                    max_description_chars=settings.max_description_chars,
+                )
+            check = partial(parse_token_semantics, min_keywords=settings.min_keywords)
+        else:
+            known = annotation_keys(kind, self.data.dataset) if is_file else None
+            requests = {}
+            if not is_file:
+                requests = annotation_requests(
+                    kind,
+                    self.data.dataset,
+                    self.data.split,
+                    cfg.templates.get(kind),
+                    cfg.max_requests,
+                    self.config.seed,
+                )
         store = AnnotationStore(kind, cfg.store_dir)
-        if hasattr(annotator, "lookup"):  # a user-supplied file: every dataset key may appear
-            return annotator, store, {}, annotation_keys(kind, self.data.dataset)
-        requests = annotation_requests(
+        where = f"annotator {cfg.annotator.name!r}" if is_file else str(store.path)
+        if not generate:
+            return load_annotations(kind, requests, annotator, store, known_keys=known), where
+        table = annotate(
             kind,
-            self.data.dataset,
-            self.data.split,
-            cfg.templates.get(kind),
-            cfg.max_requests,
-            self.config.seed,
+            requests,
+            annotator,
+            store,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            known_keys=known,
+            check=check,
+            retry_prompt=retry_prompt,
+            max_retries=cfg.max_retries,
+            keep_invalid=cfg.keep_invalid,
         )
-        return annotator, store, requests, None
+        return table, where
 
     def annotate(self, kind: str) -> int:
         """Generate (or reuse from the cache) the ``kind`` annotations; returns how many exist."""
-        from semrec.annotate import annotate
-
-        annotator, store, requests, known = self._annotation_inputs(kind)
         start = time.perf_counter()
-
         shown = [-1]
 
         def progress(done: int, total: int) -> None:  # about 20 lines for a whole run
@@ -294,48 +367,96 @@ class Run:
                     f"[annotate] {kind}: {done}/{total} ({time.perf_counter() - start:.0f} s)"
                 )
 
-        table = annotate(
-            kind,
-            requests,
-            annotator,
-            store,
-            batch_size=self.config.annotate.batch_size,
-            progress=progress,
-            known_keys=known,
-        )
-        self.echo(f"[annotate] {len(table)} {kind} annotations cached in {store.path}")
+        table, where = self._annotation_table(kind, generate=True, progress=progress)
+        assert table is not None
+        self.echo(f"[annotate] {len(table)} {kind} annotations from {where}")
         return len(table)
 
-    def annotations(self, tasks) -> dict[str, dict[str, str]] | None:
-        """Cached annotations of every kind, if any task needs them (tasks say which command
-        makes missing ones)."""
-        from semrec.annotate import AnnotationError, load_annotations
+    @cached_property
+    def tasks(self) -> list[tuple[Any, float]]:
+        """The configured (task, weight) pairs."""
+        return [(TASKS.get(t.name)(**t.params), t.weight) for t in self.config.tasks]
 
-        if not any("annotations" in task.requires for task, _ in tasks):
+    def _uses_token_semantics(self) -> bool:
+        return self.config.model.semantic_init.enabled or any(
+            "token_semantics" in task.requires for task, _ in self.tasks
+        )
+
+    def annotations(self) -> dict[str, dict[str, str]] | None:
+        """Cached user annotations (intention, preference) if any task needs them (tasks say
+        which command makes missing ones)."""
+        from semrec.annotate import DATASET_KINDS, AnnotationError
+
+        if not any("annotations" in task.requires for task, _ in self.tasks):
             return None
         tables = {}
-        for kind in ("intention", "preference"):
+        for kind in DATASET_KINDS:
             try:
-                annotator, store, requests, known = self._annotation_inputs(kind)
+                table, _ = self._annotation_table(kind, generate=False)
             except AnnotationError as err:  # e.g. intentions on a dataset without reviews;
                 log.info("no %s annotations: %s", kind, err)  # a task needing them says so
                 continue
-            table = load_annotations(kind, requests, annotator, store, known_keys=known)
             if table is not None:
                 tables[kind] = table
         return tables or None
+
+    @cached_property
+    def token_semantics(self) -> dict[str, Any] | None:
+        """SID token -> parsed TS-Rec semantics, when SA-Init or a task uses them.
+
+        Also written to ``run_dir/token_semantics.json`` for inspection.
+        """
+        from semrec.annotate import TOKEN_SEMANTICS, semantics_table
+
+        if not self._uses_token_semantics():
+            return None
+        table, where = self._annotation_table(TOKEN_SEMANTICS, generate=False)
+        if table is None:
+            raise RunError(
+                "SA-Init (model.semantic_init) and the ts_align_* tasks need token semantics, "
+                f"which are not cached yet in {where}; make them with `semrec annotate --config "
+                "<your config>.yaml --kind token_semantics`"
+            )
+        settings = self.config.annotate.token_semantics
+        parsed, failed = semantics_table(table, settings.min_keywords)
+        if not parsed:
+            raise RunError(
+                f"none of the {len(table)} token semantics from {where} is usable"
+                + (f" (e.g. {next(iter(failed.items()))})" if failed else "")
+                + "; SA-Init and the ts_align_* tasks need descriptions with keywords"
+            )
+        used = {t for i in range(self.tokenizer.n_items) for t in self.tokenizer.item_tokens(i)}
+        message = (
+            f"[annotate] token semantics for {len(parsed)} of the {len(used)} SID tokens in use "
+            f"(from {where})"
+        )
+        if failed:
+            token, reason = next(iter(failed.items()))
+            message += f"; {len(failed)} answers unusable and skipped (e.g. {token}: {reason})"
+        self.echo(message)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            self.run_dir / "token_semantics.json",
+            {
+                t: {"description": s.description, "keywords": list(s.keywords)}
+                for t, s in parsed.items()
+            },
+        )
+        return parsed
 
     # ------------------------------------------------------------------ training data
 
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
         data = self.data
-        tasks = [(TASKS.get(t.name)(**t.params), t.weight) for t in self.config.tasks]
+        tasks = self.tasks
         ctx = TaskContext(
             data.dataset,
             data.split,
             self.tokenizer.sid_strings(),
             data.item_texts,
-            annotations=self.annotations(tasks),
+            annotations=self.annotations(),
+            level_tokens=self.tokenizer.level_token_strings(),
+            token_semantics=self.token_semantics,
         )
         for task, _ in tasks:
             for note in task.notes():
@@ -392,6 +513,9 @@ class Run:
             # eval settings that steer checkpoint selection; test-only ones are left out
             c.eval.model_dump(include={"task", "num_beams", "ks", "score_mode", "max_valid_users"}),
             c.seed,
+            # the texts tasks and SA-Init read: new annotations mean a new model
+            self.annotations(),
+            {t: [s.description, list(s.keywords)] for t, s in (self.token_semantics or {}).items()},
         )
 
     def train(self, allow_training: bool = True):
@@ -496,7 +620,7 @@ class Run:
         """Evaluate the trained model (``trained`` from :meth:`train`, else reloaded) on test users."""
         import lightning as L
 
-        module, datamodule, _ = trained or self.train(allow_training=False)
+        module, datamodule, trained_tokenizer = trained or self.train(allow_training=False)
         cfg = self.config
         trainer = L.Trainer(
             accelerator="auto",
@@ -517,6 +641,8 @@ class Run:
         if valid_file.exists():
             for name, value in read_json(valid_file).items():
                 metrics[f"valid/{name}"] = value
+        if cfg.eval.token_understanding.enabled:
+            metrics.update(self.token_understanding(module.model, trained_tokenizer))
         if "popularity" in cfg.eval.baselines:
             split = self.data.split
             for part, examples in (
@@ -526,6 +652,47 @@ class Run:
                 for name, value in evaluate_popularity(split, examples, cfg.eval.ks).items():
                     metrics[f"popularity/{part}/{name}"] = value
         return metrics
+
+    def token_understanding(self, model, hf_tokenizer) -> dict[str, float]:
+        """TS-Rec RQ4: Title2SID / SID2Title accuracy on a sample of items (``eval.token_understanding``).
+
+        A few examples of each task go to ``run_dir/token_understanding.json``.
+        """
+        from semrec.evaluation.token_understanding import (
+            evaluate_token_understanding,
+            sample_items,
+        )
+        from semrec.tasks.item_fields import field_text
+
+        cfg = self.config.eval.token_understanding
+        dataset = self.data.dataset
+        titles = [field_text(dataset, item, "title") for item in range(dataset.num_items)]
+        items = sample_items(titles, cfg.max_items, self.config.seed)
+        if not items:
+            raise RunError(
+                f"eval.token_understanding needs item titles; no item of dataset "
+                f"{dataset.name!r} has one"
+            )
+        start = time.perf_counter()
+        result = evaluate_token_understanding(
+            model,
+            self.formatter(hf_tokenizer),
+            self.trie(hf_tokenizer),
+            items,
+            titles,
+            self.tokenizer.sid_strings(),
+            num_beams=cfg.num_beams,
+            batch_size=self.config.eval.batch_size,
+            title2sid_template=cfg.title2sid_template,
+            sid2title_template=cfg.sid2title_template,
+        )
+        self._timed("token_understanding", start)
+        write_json(self.run_dir / "token_understanding.json", {"examples": result.examples})
+        self.echo(
+            f"[eval] SID comprehension on {result.n_items} items: Title2SID accuracy "
+            f"{result.title2sid_acc:.4f}, SID2Title accuracy {result.sid2title_acc:.4f}"
+        )
+        return result.metrics()
 
     def fit(self) -> dict[str, Any]:
         """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics."""

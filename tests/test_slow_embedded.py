@@ -51,3 +51,32 @@ def test_embedded_backbone_generates_text():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+TSREC = QUICKSTART.with_name("tsrec_ml100k.yaml")
+
+
+@pytest.mark.parametrize("quantization", [None, "nf4"], ids=["lora", "qlora"])
+def test_sa_init_rows_are_keyword_means_of_the_embedded_backbone(tmp_path, quantization):
+    from semrec.models.backbone import load_backbone
+    from semrec.models.semantic_init import keyword_subtokens
+
+    overrides = [f"model.quantization={quantization}"] if quantization else []
+    run = Run(load_config(TSREC, overrides), tmp_path / "run", echo=lambda _: None)
+    model, hf_tokenizer, _ = run.build_model()  # SID tokens, SA-Init, then (Q)LoRA
+    pretrained, base_tokenizer = load_backbone("embedded")
+    table = pretrained.get_input_embeddings().weight
+    embed = model.get_input_embeddings()
+    for token in ("<a_0>", "<b_7>", "<c_42>"):
+        keywords = run.token_semantics[token].keywords
+        expected = table[keyword_subtokens(base_tokenizer, keywords)].float().mean(0)
+        row = torch.tensor([[hf_tokenizer.convert_tokens_to_ids(token)]])
+        torch.testing.assert_close(embed(row)[0, 0].float(), expected)
+
+
+def test_tsrec_pipeline_runs_on_the_embedded_defaults(tmp_path):
+    overrides = [*SMOKE, "eval.token_understanding.max_items=8"]
+    metrics = Run(load_config(TSREC, overrides), tmp_path / "run", echo=lambda _: None).fit()
+    assert metrics["understanding/items"] == 8
+    assert 0.0 <= metrics["understanding/title2sid_acc"] <= 1.0
+    assert metrics["test/invalid_rate"] == 0.0

@@ -299,6 +299,18 @@ def test_max_samples_per_epoch_draws_an_ordered_random_subset() -> None:
         HistoryToTitleTask(max_samples_per_epoch=0)
 
 
+@pytest.mark.parametrize("name", ["seq", "mut_text2sid", "mut_sid2text", "asy_title"])
+def test_every_task_honours_max_samples_per_epoch(name: str) -> None:
+    ctx = lcrec_context()
+    everything = TASKS.get(name)().train_samples(ctx, random.Random(0))
+    assert len(everything) >= 2
+    capped = TASKS.get(name)(max_samples_per_epoch=1).train_samples(ctx, random.Random(0))
+    assert len(capped) == 1
+    assert capped[0].response in {s.response for s in everything}
+    with pytest.raises(ValueError, match=f"task '{name}': max_samples_per_epoch must be >= 1"):
+        TASKS.get(name)(max_samples_per_epoch=0)
+
+
 # ---------------------------------------------------------------- ITE
 
 

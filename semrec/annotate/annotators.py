@@ -260,7 +260,8 @@ class JsonlAnnotator:
     """Finished annotations from a file of lines ``{"kind": ..., "key": ..., "text": ...}``.
 
     Keys follow ``TaskContext.annotations``: ``"<user id>:<item id>"`` for intentions,
-    ``"<user id>"`` for preferences. Blank lines are ignored.
+    ``"<user id>"`` for preferences, the SID token (``"<a_12>"``) for ``token_semantics``.
+    Blank lines are ignored.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

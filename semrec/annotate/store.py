@@ -115,12 +115,22 @@ def annotate(
     progress: Progress | None = None,
     *,
     known_keys: Collection[str] | None = None,
+    check: Callable[[str], object] | None = None,
+    retry_prompt: Callable[[str, str], str] | None = None,
+    max_retries: int = 0,
+    keep_invalid: bool = False,
 ) -> dict[str, str]:
     """Key -> annotation text for every request, asking ``annotator`` only for uncached prompts.
 
     ``progress(done, total)`` is called once before the first batch and after every batch
     (counted in requests). A file annotator (``jsonl``) answers nothing: its table is returned
     as is, after checking its keys against ``known_keys`` (default: the request keys).
+
+    ``check(text)`` raising ``ValueError`` marks an answer unusable; such prompts are asked
+    again up to ``max_retries`` times as ``retry_prompt(prompt, error message)``. Answers that
+    stay unusable are cached anyway with ``keep_invalid=True`` (their consumer skips them);
+    otherwise every usable answer is cached and an :class:`AnnotationError` then lists the
+    failures, so a rerun asks only for those.
     """
     if isinstance(annotator, FileAnnotator):
         return annotator.lookup(kind, requests.keys() if known_keys is None else known_keys)
@@ -137,22 +147,87 @@ def annotate(
     done = total - sum(len(keys) for keys in pending.values())
     if progress:
         progress(done, total)
+    if max_retries < 0:
+        raise AnnotationError(f"max_retries must be >= 0, got {max_retries}")
+    asker = _CheckedAsker(kind, annotator, check, retry_prompt, max_retries)
+    failures: dict[str, tuple[str, str]] = {}  # key -> (error, last answer)
     todo = list(pending.items())
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        texts = annotator.complete([requests[keys[0]] for _, keys in batch])
-        if len(texts) != len(batch):
-            raise AnnotationError(
-                f"{kind} annotator {settings.get('annotator', '?')!r} returned {len(texts)} "
-                f"texts for {len(batch)} prompts"
-            )
-        store.append([(h, keys[0], text) for (h, keys), text in zip(batch, texts, strict=True)])
-        for (h, keys), text in zip(batch, texts, strict=True):
-            cached[h] = text
+        texts, errors = asker.ask([requests[keys[0]] for _, keys in batch])
+        usable = []
+        for (h, keys), text, error in zip(batch, texts, errors, strict=True):
             done += len(keys)
+            if error is not None:
+                failures[keys[0]] = (error, text)
+                if not keep_invalid:
+                    continue
+            usable.append((h, keys[0], text))
+            cached[h] = text
+        store.append(usable)
         if progress:
             progress(done, total)
+    if failures and not keep_invalid:
+        raise _invalid_answers_error(kind, failures, len(requests), max_retries)
     return {key: cached[h] for key, h in hashes.items()}
+
+
+class _CheckedAsker:
+    """Asks an annotator and re-asks, with a corrected prompt, for answers ``check`` rejects."""
+
+    def __init__(self, kind, annotator, check, retry_prompt, max_retries) -> None:
+        self.kind = kind
+        self.annotator = annotator
+        self.check = check
+        self.retry_prompt = retry_prompt or (lambda prompt, error: prompt)
+        self.max_retries = max_retries
+
+    def _complete(self, prompts: list[str]) -> list[str]:
+        texts = self.annotator.complete(prompts)
+        if len(texts) != len(prompts):
+            name = self.annotator.cache_key().get("annotator", "?")
+            raise AnnotationError(
+                f"{self.kind} annotator {name!r} returned {len(texts)} texts for "
+                f"{len(prompts)} prompts"
+            )
+        return texts
+
+    def _error(self, text: str) -> str | None:
+        if self.check is None:
+            return None
+        try:
+            self.check(text)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def ask(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+        """(answers, error or None per answer) after at most ``max_retries`` retries."""
+        texts = self._complete(prompts)
+        errors = [self._error(text) for text in texts]
+        for _ in range(self.max_retries):
+            bad = [i for i, error in enumerate(errors) if error is not None]
+            if not bad:
+                break
+            again = self._complete([self.retry_prompt(prompts[i], errors[i]) for i in bad])
+            for i, text in zip(bad, again, strict=True):
+                texts[i], errors[i] = text, self._error(text)
+        return texts, errors
+
+
+def _invalid_answers_error(
+    kind: str, failures: dict[str, tuple[str, str]], total: int, retries: int
+) -> AnnotationError:
+    shown = "; ".join(
+        f"{key}: {error} (answer begins {text[:80]!r})"
+        for key, (error, text) in list(failures.items())[:3]
+    )
+    return AnnotationError(
+        f"{len(failures)} of {total} {kind} answers could not be used after {retries} "
+        f"retr{'y' if retries == 1 else 'ies'}: {shown}. The usable answers are cached, so a "
+        "rerun asks only for these. Use a stronger annotator (annotate.annotator), raise "
+        "annotate.max_retries, or set annotate.keep_invalid: true to skip them."
+    )
 
 
 def load_annotations(

@@ -18,6 +18,17 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
             value = metrics.get(prefix + column)
             cells.append("-" if value is None else f"{value:.4f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    understanding = {
+        k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("understanding/")
+    }
+    if understanding:
+        lines.append(
+            "\nSID comprehension (TS-Rec RQ4, beam search on "
+            f"{int(understanding.get('items', 0))} items): "
+            + ", ".join(
+                f"{name} {value:.4f}" for name, value in understanding.items() if name != "items"
+            )
+        )
     for note in notes or []:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines)

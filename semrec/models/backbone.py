@@ -127,9 +127,14 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerF
 
 
 def tiny_llama(
-    vocab_size: int, *, hidden_size: int = 64, layers: int = 2, seed: int = 0
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
 ) -> LlamaForCausalLM:
-    """A randomly initialised LLaMA with tied embeddings, a few hundred K parameters."""
+    """A randomly initialised LLaMA (tied embeddings by default), a few hundred K parameters."""
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -138,7 +143,7 @@ def tiny_llama(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         pad_token_id=1,
         eos_token_id=2,
         bos_token_id=3,

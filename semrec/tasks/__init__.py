@@ -13,9 +13,7 @@ from semrec.tasks.base import (
 )
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
 from semrec.tasks.sequential import SequentialTask
-
-for _name in ("ts_align_semantic_to_token", "ts_align_token_to_semantic"):
-    TASKS.plan(_name, "TS-Rec token-level alignment, issue #5")
+from semrec.tasks.token_alignment import SemanticToTokenTask, TokenToSemanticTask
 
 __all__ = [
     "TASKS",
@@ -27,11 +25,13 @@ __all__ = [
     "RecommendationTask",
     "SIDToTextTask",
     "Sample",
+    "SemanticToTokenTask",
     "SequentialTask",
     "Task",
     "TaskContext",
     "TaskDataError",
     "TextToSIDTask",
     "TitleHistoryTask",
+    "TokenToSemanticTask",
     "build_mixture",
 ]

@@ -56,8 +56,10 @@ class TextToSIDTask(Task):
         'Tell me the item whose description is: "{description}".',
     )
 
-    def __init__(self, *, templates: list[str] | None = None) -> None:
-        super().__init__(templates=templates)
+    def __init__(
+        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
+    ) -> None:
+        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
         self.variants: dict[frozenset[str], list[int]] = {}
         for index, template in enumerate(self.templates):
             fields = template_fields(template)
@@ -75,17 +77,19 @@ class TextToSIDTask(Task):
         require_any_field(self.name, ctx.dataset, used)
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
-        samples = []
+        candidates = []  # (item, its texts, the variants it has text for)
         for item in range(ctx.dataset.num_items):
             text = {f: field_text(ctx.dataset, item, f) for f in TEXT_FIELDS}
             usable = [v for v in self.variants if all(text[f] for f in v)]
-            if not usable:
-                continue
+            if usable:
+                candidates.append((item, text, usable))
+        self.skipped = ctx.dataset.num_items - len(candidates)
+        report_skipped(self.name, self.skipped, ctx.dataset.num_items, "items without text")
+        samples = []
+        for item, text, usable in self.epoch_subset(candidates, rng):
             template = rng.choice(self.variants[rng.choice(usable)])
             prompt = self.templates[template].format(**text)
             samples.append(Sample(self.name, prompt, ctx.sids[item], item))
-        self.skipped = ctx.dataset.num_items - len(samples)
-        report_skipped(self.name, self.skipped, ctx.dataset.num_items, "items without text")
         return samples
 
 
@@ -93,7 +97,9 @@ class TextToSIDTask(Task):
 class SIDToTextTask(Task):
     """Recover an item's title and description from its SID (see :func:`describe_item`).
 
-    Items with neither title nor description are skipped; ``skipped`` holds the count.
+    ``fields`` chooses what the response holds: ``["title"]`` asks for the title alone
+    (TS-Rec's SID2Title, appendix A.2.2). Items with none of the chosen fields are skipped;
+    ``skipped`` holds the count.
     """
 
     name = "mut_sid2text"
@@ -107,18 +113,38 @@ class SIDToTextTask(Task):
         "Describe the item with index {sid}: its title and, if known, its description.",
     )
 
+    def __init__(
+        self,
+        *,
+        templates: list[str] | None = None,
+        fields: list[str] | None = None,
+        max_samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        chosen = tuple(TEXT_FIELDS if fields is None else fields)
+        if not chosen or not set(chosen) <= set(TEXT_FIELDS):
+            raise ValueError(
+                f"task {self.name!r}: fields must be a non-empty subset of {list(TEXT_FIELDS)}, "
+                f"got {fields}"
+            )
+        self.fields = tuple(f for f in TEXT_FIELDS if f in chosen)
+
     def check(self, ctx: TaskContext) -> None:
         super().check(ctx)
-        require_any_field(self.name, ctx.dataset, TEXT_FIELDS)
+        require_any_field(self.name, ctx.dataset, self.fields)
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
-        samples = []
+        candidates = []  # (item, response)
         for item in range(ctx.dataset.num_items):
-            response = describe_item(*(field_text(ctx.dataset, item, f) for f in TEXT_FIELDS))
-            if not response:
-                continue
+            response = describe_item(
+                *(field_text(ctx.dataset, item, f) if f in self.fields else "" for f in TEXT_FIELDS)
+            )
+            if response:
+                candidates.append((item, response))
+        self.skipped = ctx.dataset.num_items - len(candidates)
+        report_skipped(self.name, self.skipped, ctx.dataset.num_items, "items without text")
+        samples = []
+        for item, response in self.epoch_subset(candidates, rng):
             template = self.templates[rng.randrange(len(self.templates))]
             samples.append(Sample(self.name, template.format(sid=ctx.sids[item]), response))
-        self.skipped = ctx.dataset.num_items - len(samples)
-        report_skipped(self.name, self.skipped, ctx.dataset.num_items, "items without text")
         return samples

@@ -8,8 +8,7 @@ harder than SEQ and ties SIDs to language:
   expects"); ``field`` picks another item field for datasets without descriptions;
 - ``asy_title_history``: history as titles -> the target's SID (a recommendation task).
 
-All three use the split's training examples, like SEQ; ``max_samples_per_epoch`` draws a
-random subset of them each epoch.
+All three use the split's training examples, like SEQ.
 """
 
 from __future__ import annotations
@@ -19,19 +18,6 @@ import random
 from semrec.data.split import Example
 from semrec.tasks.base import TASKS, RecommendationTask, Sample, Task, TaskContext
 from semrec.tasks.item_fields import field_text, report_skipped, require_any_field
-
-
-def check_sample_limit(task: str, limit: int | None) -> None:
-    """Reject a ``max_samples_per_epoch`` below 1."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"task {task!r}: max_samples_per_epoch must be >= 1 or None, got {limit}")
-
-
-def subsample(examples: list[Example], rng: random.Random, limit: int | None) -> list[Example]:
-    """At most ``limit`` examples drawn without replacement, kept in their original order."""
-    if limit is None or len(examples) <= limit:
-        return list(examples)
-    return [examples[i] for i in sorted(rng.sample(range(len(examples)), limit))]
 
 
 class HistoryToTextTask(Task):
@@ -44,13 +30,6 @@ class HistoryToTextTask(Task):
     requires = ("item_text",)
     skipped = 0
 
-    def __init__(
-        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
-    ) -> None:
-        super().__init__(templates=templates)
-        check_sample_limit(self.name, max_samples_per_epoch)
-        self.max_samples_per_epoch = max_samples_per_epoch
-
     def check(self, ctx: TaskContext) -> None:
         super().check(ctx)
         require_any_field(self.name, ctx.dataset, (self.field,))
@@ -62,7 +41,7 @@ class HistoryToTextTask(Task):
             self.name, self.skipped, len(ctx.split.train), f"targets without {self.field!r}"
         )
         samples = []
-        for ex in subsample(examples, rng, self.max_samples_per_epoch):
+        for ex in self.epoch_subset(examples, rng):
             template = self.templates[rng.randrange(len(self.templates))]
             prompt = template.format(history=ctx.history_text(ex.history))
             samples.append(
@@ -143,13 +122,6 @@ class TitleHistoryTask(RecommendationTask):
         "Titles of the user's past items: {titles}. What is the next item for this user?",
     )
 
-    def __init__(
-        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
-    ) -> None:
-        super().__init__(templates=templates)
-        check_sample_limit(self.name, max_samples_per_epoch)
-        self.max_samples_per_epoch = max_samples_per_epoch
-
     def check(self, ctx: TaskContext) -> None:
         super().check(ctx)
         require_any_field(self.name, ctx.dataset, ("title",))
@@ -159,7 +131,7 @@ class TitleHistoryTask(RecommendationTask):
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         samples = []
-        for ex in subsample(ctx.split.train, rng, self.max_samples_per_epoch):
+        for ex in self.epoch_subset(ctx.split.train, rng):
             prompt = self.prompt(ctx, ex, rng.randrange(len(self.templates)))
             samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target))
         return samples

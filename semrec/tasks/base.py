@@ -3,21 +3,25 @@
 A task declares which data it needs (``requires``); :meth:`Task.check` names the missing
 field when a dataset can't feed it. Each task carries several instruction templates and
 samples one per example per epoch (LC-Rec section III-D: each example is seen once per
-epoch, with one template, rather than once per template).
+epoch, with one template, rather than once per template). Every task draws its pairs from
+a pool (training examples, items, users or SID tokens); ``max_samples_per_epoch`` caps how
+many of them an epoch uses.
 """
 
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from semrec.data.dataset import RecDataset
 from semrec.data.split import Example, Split
 from semrec.registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task")
+T = TypeVar("T")
 
 
 class TaskDataError(ValueError):
@@ -42,6 +46,9 @@ class TaskContext:
     ``annotations["intention"]["<user id>:<item id>"]`` is why that user chose that item and
     ``annotations["preference"]["<user id>"]`` a user's preferences, with the dataset's
     external ids (``dataset.user_ids`` / ``dataset.item_ids``), e.g. ``"196:242"``.
+
+    ``level_tokens[l]`` lists the SID token strings of level ``l``; ``token_semantics`` maps a
+    token string to its parsed TS-Rec semantics (``.description``, ``.keywords``).
     """
 
     dataset: RecDataset
@@ -49,6 +56,8 @@ class TaskContext:
     sids: list[str]
     item_texts: list[str] | None = None
     annotations: dict[str, dict[str, str]] | None = None
+    level_tokens: list[list[str]] | None = None
+    token_semantics: dict[str, Any] | None = None
 
     def history_text(self, history: tuple[int, ...], separator: str = ", ") -> str:
         return separator.join(self.sids[i] for i in history)
@@ -61,11 +70,27 @@ class Task(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     templates: ClassVar[tuple[str, ...]]
 
-    def __init__(self, *, templates: list[str] | None = None) -> None:
+    def __init__(
+        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
+    ) -> None:
         if templates is not None:
             if not templates:
                 raise ValueError(f"task {self.name!r}: templates must not be empty")
             self.templates = tuple(templates)
+        if max_samples_per_epoch is not None and max_samples_per_epoch < 1:
+            raise ValueError(
+                f"task {self.name!r}: max_samples_per_epoch must be >= 1 or None, "
+                f"got {max_samples_per_epoch}"
+            )
+        self.max_samples_per_epoch = max_samples_per_epoch
+
+    def epoch_subset(self, pool: Sequence[T], rng: random.Random) -> list[T]:
+        """At most ``max_samples_per_epoch`` entries of ``pool``, drawn without replacement
+        and kept in their original order (all of them when there is no cap)."""
+        limit = self.max_samples_per_epoch
+        if limit is None or len(pool) <= limit:
+            return list(pool)
+        return [pool[i] for i in sorted(rng.sample(range(len(pool)), limit))]
 
     def check(self, ctx: TaskContext) -> None:
         """Raise :class:`TaskDataError` naming the first required field the data lacks.

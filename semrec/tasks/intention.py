@@ -18,7 +18,6 @@ from typing import Literal
 
 from semrec.data.dataset import RecDataset
 from semrec.data.split import Example
-from semrec.tasks.asymmetric import check_sample_limit, subsample
 from semrec.tasks.base import TASKS, RecommendationTask, Sample, Task, TaskContext, TaskDataError
 from semrec.tasks.item_fields import field_text, report_skipped, require_any_field
 
@@ -103,15 +102,13 @@ class IntentionTask(RecommendationTask):
         templates: list[str] | None = None,
         max_samples_per_epoch: int | None = None,
     ) -> None:
-        super().__init__(templates=templates)
+        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
         if intention_source not in ("annotations", "item_text"):
             raise ValueError(
                 f"task {self.name!r}: intention_source must be 'annotations' or 'item_text', "
                 f"got {intention_source!r}"
             )
-        check_sample_limit(self.name, max_samples_per_epoch)
         self.intention_source = intention_source
-        self.max_samples_per_epoch = max_samples_per_epoch
         if intention_source == "item_text":
             self.requires = ("item_text",)
 
@@ -170,7 +167,7 @@ class IntentionTask(RecommendationTask):
         self.skipped = len(ctx.split.train) - len(examples)
         report_skipped(self.name, self.skipped, len(ctx.split.train), "no intention")
         samples = []
-        for ex in subsample(examples, rng, self.max_samples_per_epoch):
+        for ex in self.epoch_subset(examples, rng):
             prompt = self.prompt(ctx, ex, rng.randrange(len(self.templates)))
             samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target))
         return samples
@@ -231,8 +228,14 @@ class PreferenceTask(Task):
         "What can you infer about the preferences of a user whose past items are {history}?",
     )
 
-    def __init__(self, *, templates: list[str] | None = None, max_history: int = 20) -> None:
-        super().__init__(templates=templates)
+    def __init__(
+        self,
+        *,
+        templates: list[str] | None = None,
+        max_history: int = 20,
+        max_samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
         if max_history < 1:
             raise ValueError(f"task {self.name!r}: max_history must be >= 1, got {max_history}")
         self.max_history = max_history
@@ -247,12 +250,13 @@ class PreferenceTask(Task):
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         preferences = annotation_table(ctx, self.name, "preference")
-        samples = []
+        candidates = []  # (history, preference) of users with both
         for user, sequence in enumerate(ctx.split.train_sequences):
             preference = " ".join(preferences.get(ctx.dataset.user_ids[user], "").split())
-            if not preference or len(sequence) == 0:
-                continue
-            history = tuple(sequence[-self.max_history :].tolist())
+            if preference and len(sequence):
+                candidates.append((tuple(sequence[-self.max_history :].tolist()), preference))
+        samples = []
+        for history, preference in self.epoch_subset(candidates, rng):
             template = self.templates[rng.randrange(len(self.templates))]
             samples.append(
                 Sample(self.name, template.format(history=ctx.history_text(history)), preference)
@@ -261,7 +265,7 @@ class PreferenceTask(Task):
             raise unmatched_annotations_error(
                 self.name, "preference", preferences, ctx.dataset.user_ids[0]
             )
-        self.skipped = len(ctx.split.train_sequences) - len(samples)
+        self.skipped = len(ctx.split.train_sequences) - len(candidates)
         report_skipped(
             self.name, self.skipped, len(ctx.split.train_sequences), "no preference or history"
         )

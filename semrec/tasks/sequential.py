@@ -32,7 +32,7 @@ class SequentialTask(RecommendationTask):
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         samples = []
-        for ex in ctx.split.train:
+        for ex in self.epoch_subset(ctx.split.train, rng):
             template = rng.randrange(len(self.templates))
             samples.append(
                 Sample(self.name, self.prompt(ctx, ex, template), ctx.sids[ex.target], ex.target)

@@ -164,13 +164,16 @@ class ItemTokenizer(abc.ABC):
         """The token string of ``code`` at ``level``, e.g. ``<b_7>``."""
         return f"<{self._prefixes[level]}_{code}>"
 
+    def level_token_strings(self) -> list[list[str]]:
+        """Per level, every token an item may carry there: codes 0..size-1."""
+        return [
+            [self.token(level, code) for code in range(size)]
+            for level, size in enumerate(self.codebook_sizes)
+        ]
+
     def token_strings(self) -> list[str]:
         """Every token any item may carry: level by level, codes 0..size-1."""
-        return [
-            self.token(level, code)
-            for level, size in enumerate(self.codebook_sizes)
-            for code in range(size)
-        ]
+        return [token for level in self.level_token_strings() for token in level]
 
     def item_tokens(self, item: int) -> list[str]:
         """The SID of one item as a list of token strings."""
