@@ -257,6 +257,11 @@ def test_field_statistics_describes_shared_fields(movies):
     assert set(extractor.summarize(movies, {"<a_0>": [0, 1], "<a_1>": [2]})) == {"<a_0>", "<a_1>"}
     with pytest.raises(AnnotationError, match="empty cluster"):
         extractor.describe(movies, [])
+    # titles=False: no item name reaches the description or the keywords
+    blind = FieldStatisticsExtractor(category="movie", min_share=0.6, titles=False)
+    parsed = parse_token_semantics(blind.describe(movies, [0, 1]), min_keywords=2)
+    assert parsed.description == "A group of 2 movies mostly in the category Action from the 1990s."
+    assert parsed.keywords == ("Action", "1990s")
 
 
 # ---------------------------------------------------------------------- SA-Init (Eq. 8-9)

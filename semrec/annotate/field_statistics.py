@@ -39,6 +39,9 @@ class FieldStatisticsExtractor:
         min_share: a category, decade or brand is named only when at least this fraction of
             the cluster has it (the most common one is always named).
         examples: how many item titles the description quotes.
+        titles: use the items' titles at all (example titles, recurring title words,
+            title-word keywords); ``False`` describes a cluster by its other fields only, so
+            no item name reaches SA-Init or TS-Align.
     """
 
     kinds = ("token_semantics",)
@@ -50,6 +53,7 @@ class FieldStatisticsExtractor:
         max_keywords: int = 20,
         min_share: float = 0.25,
         examples: int = 3,
+        titles: bool = True,
     ) -> None:
         if max_keywords < 1:
             raise AnnotationError(
@@ -61,6 +65,7 @@ class FieldStatisticsExtractor:
         self.max_keywords = max_keywords
         self.min_share = min_share
         self.examples = examples
+        self.titles = titles
 
     def summarize(self, dataset: RecDataset, clusters: dict[str, list[int]]) -> dict[str, str]:
         """Token -> ``"Description: ...\\nKeywords: ..."`` for each cluster of item indices."""
@@ -76,7 +81,7 @@ class FieldStatisticsExtractor:
         )
         decades = self._shared([d for item in items if (d := _decade(dataset, item))], n)
         brands = self._shared([b for item in items if (b := field_text(dataset, item, "brand"))], n)
-        titles = [t for item in items if (t := field_text(dataset, item, "title"))]
+        titles = [t for item in items if self.titles and (t := field_text(dataset, item, "title"))]
         title_words = [w for w, c in _title_words(titles).most_common() if c >= 2]
 
         sentences = [f"A group of {n} {self.category}{'s' if n != 1 else ''}"]
