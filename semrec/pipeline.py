@@ -382,6 +382,7 @@ class Run:
             "token_semantics" in task.requires for task, _ in self.tasks
         )
 
+    @cached_property
     def annotations(self) -> dict[str, dict[str, str]] | None:
         """Cached user annotations (intention, preference) if any task needs them (tasks say
         which command makes missing ones)."""
@@ -454,7 +455,7 @@ class Run:
             data.split,
             self.tokenizer.sid_strings(),
             data.item_texts,
-            annotations=self.annotations(),
+            annotations=self.annotations,
             level_tokens=self.tokenizer.level_token_strings(),
             token_semantics=self.token_semantics,
         )
@@ -514,7 +515,7 @@ class Run:
             c.eval.model_dump(include={"task", "num_beams", "ks", "score_mode", "max_valid_users"}),
             c.seed,
             # the texts tasks and SA-Init read: new annotations mean a new model
-            self.annotations(),
+            self.annotations,
             {t: [s.description, list(s.keywords)] for t, s in (self.token_semantics or {}).items()},
         )
 

@@ -19,7 +19,7 @@ from collections import Counter
 
 from semrec.annotate.annotators import ANNOTATORS
 from semrec.annotate.errors import AnnotationError
-from semrec.annotate.token_semantics import CATEGORY_FIELDS
+from semrec.annotate.token_semantics import category_text
 from semrec.data.dataset import RecDataset
 from semrec.tasks.item_fields import field_text
 
@@ -77,12 +77,13 @@ class FieldStatisticsExtractor:
             raise AnnotationError("field_statistics: cannot describe an empty cluster")
         n = len(items)
         categories = self._shared(
-            [c for item in items for c in _split_list(_categories(dataset, item))], n
+            [c for item in items for c in _split_list(category_text(dataset, item))], n
         )
         decades = self._shared([d for item in items if (d := _decade(dataset, item))], n)
         brands = self._shared([b for item in items if (b := field_text(dataset, item, "brand"))], n)
         titles = [t for item in items if self.titles and (t := field_text(dataset, item, "title"))]
-        title_words = [w for w, c in _title_words(titles).most_common() if c >= 2]
+        title_counts = _title_words(titles).most_common()
+        title_words = [w for w, c in title_counts if c >= 2]
 
         sentences = [f"A group of {n} {self.category}{'s' if n != 1 else ''}"]
         if categories:
@@ -100,7 +101,7 @@ class FieldStatisticsExtractor:
             sentences.append(f"Examples: {shown}.")
         keywords = list(dict.fromkeys([*categories, *decades, *brands, *title_words]))
         if len(keywords) < self.max_keywords:  # fill with words of the example titles
-            keywords += [w for w, _ in _title_words(titles).most_common() if w not in keywords]
+            keywords += [w for w, _ in title_counts if w not in keywords]
         keywords = keywords[: self.max_keywords]
         return f"Description: {' '.join(sentences)}\nKeywords: {', '.join(keywords)}"
 
@@ -109,10 +110,6 @@ class FieldStatisticsExtractor:
         if not counts:
             return []
         return [value for value, c in counts if c / n >= self.min_share] or [counts[0][0]]
-
-
-def _categories(ds: RecDataset, item: int) -> str:
-    return next((t for f in CATEGORY_FIELDS if (t := field_text(ds, item, f))), "")
 
 
 def _split_list(text: str) -> list[str]:

@@ -87,6 +87,11 @@ class SemanticsParseError(ValueError):
     """An extractor answer that holds no usable description and keyword list."""
 
 
+def category_text(ds: RecDataset, item: int) -> str:
+    """The item's categories from the first of ``CATEGORY_FIELDS`` it has, ``""`` if none."""
+    return next((t for f in CATEGORY_FIELDS if (t := field_text(ds, item, f))), "")
+
+
 def item_block(ds: RecDataset, item: int, max_chars: int) -> str:
     """One item of the prompt: ``Title: ...; Description: ...; Brand: ...; Categories: ...``.
 
@@ -99,7 +104,7 @@ def item_block(ds: RecDataset, item: int, max_chars: int) -> str:
             text = text[:max_chars].rstrip() + " ..."
         if text:
             parts.append(f"{label}: {text}")
-    categories = next((t for f in CATEGORY_FIELDS if (t := field_text(ds, item, f))), "")
+    categories = category_text(ds, item)
     if categories:
         parts.append(f"Categories: {categories}")
     year = field_text(ds, item, "year")
