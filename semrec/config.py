@@ -117,6 +117,10 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
     num_threads: int | None = None
+    # full Lightning checkpoints (optimizer, scheduler, step, RNG, data position) for
+    # `semrec fit --resume`, under run_dir/checkpoints/: every this many optimizer steps and
+    # at each validation (null: only at validations)
+    checkpoint_every_n_steps: int | None = Field(200, ge=1)
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -143,7 +147,22 @@ class EvalConfig(_Section):
     max_valid_users: int | None = Field(None, ge=1)
     max_test_users: int | None = Field(None, ge=1)
     baselines: list[Literal["popularity"]] = ["popularity"]
+    # exclude each user's history items from the ranking (the LLM's beams and popularity);
+    # off by default, as for RecBole's sequential models
+    mask_history: bool = False
+    # rank test users by the exact log p(SID | prompt) of every item (true full ranking);
+    # the report then also shows the beam-search metrics and what beam search loses
+    exact_ranking: bool = False
+    exact_max_items: int = Field(5000, ge=1)  # refuse exact ranking above this catalogue size
+    # precision of validation/test decoding: auto = fp32 (exact; on these CPUs bf16 decoding
+    # was not faster, see README), or 32 / bf16 (autocast)
+    precision: Literal["auto", "32", "bf16"] = "auto"
     token_understanding: TokenUnderstandingConfig = TokenUnderstandingConfig()
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
 
     @field_validator("ks")
     @classmethod
@@ -211,14 +230,96 @@ class ExperimentConfig(_Section):
         for i, task in enumerate(self.tasks):
             _check_component(f"tasks[{i}]", task, TASKS)
         try:
-            TASKS.get(self.eval.task)
+            eval_task = TASKS.get(self.eval.task)
         except KeyError as err:
             raise ConfigError(f"eval.task: {err}") from None
+        leak = getattr(eval_task, "target_leak", None)
+        if leak:
+            raise ConfigError(
+                f"eval.task: {self.eval.task!r} cannot be evaluated: {leak}, so its test "
+                "prompts contain the answer; evaluate with a task whose prompt holds only the "
+                "history, such as 'seq' (train with it all the same)"
+            )
         if max(self.eval.ks) > self.eval.num_beams:
             raise ConfigError(
                 f"eval.ks: largest k ({max(self.eval.ks)}) exceeds eval.num_beams "
                 f"({self.eval.num_beams}); a beam search returns at most num_beams items"
             )
+
+
+# What `semrec fit --resume` and `semrec test` compare with the stored config: every key
+# that changes the SIDs or the trained weights. Keys under these prefixes but in
+# NOT_TRAINING only change speed or logging.
+TOKENIZER_KEYS = (
+    "seed",
+    "dataset.source",
+    "dataset.path",
+    "dataset.name",
+    "dataset.kcore",
+    "dataset.text",
+    "encoder",
+    "tokenizer",
+)
+TRAINING_KEYS = (
+    *TOKENIZER_KEYS,
+    "dataset",
+    "model",
+    "tasks",
+    "train",
+    "annotate",
+    # eval settings that steer checkpoint selection; test-only ones are left out
+    "eval.task",
+    "eval.num_beams",
+    "eval.ks",
+    "eval.score_mode",
+    "eval.max_valid_users",
+    "eval.mask_history",
+    "eval.precision",
+)
+# What `semrec test` may not change: the tokenizer, the model and its training. Evaluation
+# keys (eval.*) are free there, even those that steer checkpoint selection during fit.
+MODEL_KEYS = tuple(key for key in TRAINING_KEYS if not key.startswith("eval."))
+NOT_TRAINING = (
+    "train.num_threads",
+    "train.log_every_n_steps",
+    "train.checkpoint_every_n_steps",
+    "annotate.batch_size",
+    "annotate.store_dir",
+)
+
+
+def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``; lists stay whole values."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _selected(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_section(config: ExperimentConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened keys of ``config`` under ``prefixes`` (minus speed/logging-only keys)."""
+    flat = flatten_config(config.model_dump(mode="json"))
+    return {
+        k: v for k, v in flat.items() if _selected(k, prefixes) and not _selected(k, NOT_TRAINING)
+    }
+
+
+def config_diff(
+    old: ExperimentConfig, new: ExperimentConfig, prefixes: tuple[str, ...] = TRAINING_KEYS
+) -> list[str]:
+    """``key: old -> new`` lines for every key under ``prefixes`` that differs."""
+    a, b = config_section(old, prefixes), config_section(new, prefixes)
+    return [
+        f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
 
 
 def _check_component(where: str, cfg: ComponentConfig, registry) -> None:

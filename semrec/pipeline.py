@@ -5,20 +5,26 @@ everything to a run directory::
 
     run_dir/
       config.yaml        the resolved config (every default filled in)
-      stages.json        fingerprint of each finished stage; unchanged stages are reused
+      stages.json        run-directory format + fingerprint of each finished stage;
+                         unchanged stages are reused
       tokenizer/         tokenizer state, SID table (index.json), stats.json
       adapter/           LoRA adapter + trained SID rows (or full weights when LoRA is off)
       hf_tokenizer/      the LLM tokenizer with the SID tokens added
+      checkpoints/       full Lightning checkpoints of the training (``fit --resume``)
       logs/ tb/          CSV and TensorBoard logs
       metrics.json       flat metrics: test/hr@10, valid/..., popularity/test/hr@10, ...
       metrics.md         the table printed at the end
 
 Every file is written atomically, so a failing stage leaves the previous state intact.
+A read-only run (``semrec test``) writes nothing but its outputs (metrics.json, metrics.md,
+token_understanding.json) and refuses when the stored stages do not match its config.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +35,22 @@ from typing import Any
 import torch
 
 from semrec.artifacts import atomic_dir, atomic_write, content_hash, read_json, write_json
-from semrec.config import ExperimentConfig, dump_config
+from semrec.config import (
+    MODEL_KEYS,
+    TOKENIZER_KEYS,
+    TRAINING_KEYS,
+    ExperimentConfig,
+    config_diff,
+    config_section,
+    dump_config,
+    load_config,
+)
 from semrec.data import RecDataset, Split, kcore_filter, leave_one_out, load_dataset
 from semrec.data.datamodule import GenRecDataModule
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.evaluation.popularity import evaluate_popularity
 from semrec.evaluation.report import metrics_table
+from semrec.known_warnings import hide_known_warnings
 from semrec.models.prompting import PromptFormatter
 from semrec.tasks import TASKS, RecommendationTask, TaskContext
 from semrec.text.item_text import ItemTextBuilder
@@ -45,6 +61,12 @@ log = logging.getLogger(__name__)
 
 class RunError(RuntimeError):
     """A run directory is inconsistent with the config or incomplete."""
+
+
+# Version of the run-directory layout; stages.json records it. Bump it when stored
+# artifacts change meaning so an older run directory is refused, not misread.
+RUN_FORMAT = 2
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -62,10 +84,19 @@ class Run:
         config: ExperimentConfig,
         run_dir: str | Path | None = None,
         echo: Callable[[str], None] = print,
+        *,
+        read_only: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else config.resolved_run_dir()
         self.echo = echo
+        self.read_only = read_only
+        self._check_format()
+        # stages are fingerprinted with the config they were made with; a read-only run
+        # may differ from it in evaluation keys only
+        self._stage_config = self._stored_config() if read_only else config
+        if not read_only:
+            self._check_writable()
         self.timings: dict[str, float] = {}
         torch.manual_seed(config.seed)
         if config.train.num_threads:
@@ -77,7 +108,51 @@ class Run:
     def stages_file(self) -> Path:
         return self.run_dir / "stages.json"
 
-    def _stages(self) -> dict[str, str]:
+    def _stored_config(self) -> ExperimentConfig:
+        """The config the run directory was made with; refuses model/training overrides."""
+        stored_file = self.run_dir / "config.yaml"
+        if not stored_file.is_file():
+            raise RunError(f"{self.run_dir} has no config.yaml: not a semrec run directory")
+        stored = load_config(stored_file)
+        diff = config_diff(stored, self.config, MODEL_KEYS)
+        if diff:
+            raise RunError(
+                f"semrec test only evaluates; these overrides would change what {self.run_dir} "
+                "was trained with (tokenizer, model or training):\n  "
+                + "\n  ".join(diff)
+                + "\nnothing was written; run `semrec fit` with them into a new --run-dir"
+            )
+        return stored
+
+    def _check_writable(self) -> None:
+        """Fail before any work if the run directory cannot be created or written."""
+        existing = self.run_dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is read-only"
+        else:
+            return
+        raise RunError(f"run directory {self.run_dir} is not writable: {problem}")
+
+    def _check_format(self) -> None:
+        """Refuse a run directory written by another semrec run-directory format."""
+        if not self.stages_file.exists():
+            return
+        try:
+            found = read_json(self.stages_file).get("format")
+        except (OSError, ValueError, AttributeError) as err:
+            raise RunError(f"{self.stages_file} is not a readable stages file: {err}") from None
+        if found != RUN_FORMAT:
+            raise RunError(
+                f"{self.stages_file}: run directory format {found or 1} (an older semrec), this "
+                f"semrec writes format {RUN_FORMAT}; rerun `semrec fit` with a new --run-dir "
+                "(nothing in this directory was changed)"
+            )
+
+    def _stages(self) -> dict[str, Any]:
         return read_json(self.stages_file) if self.stages_file.exists() else {}
 
     def _stage_done(self, name: str, fingerprint: str) -> bool:
@@ -85,6 +160,7 @@ class Run:
 
     def _mark_stage(self, name: str, fingerprint: str) -> None:
         stages = self._stages()
+        stages["format"] = RUN_FORMAT
         stages[name] = fingerprint
         # later stages depend on this one: forget them
         order = ["tokenizer", "train"]
@@ -96,6 +172,8 @@ class Run:
         self.timings[name] = round(time.perf_counter() - start, 2)
 
     def write_config(self) -> None:
+        if self.read_only:
+            raise RunError(f"internal: a read-only run tried to write {self.run_dir}/config.yaml")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.run_dir / "config.yaml") as fh:
             fh.write(dump_config(self.config))
@@ -129,15 +207,8 @@ class Run:
     # ------------------------------------------------------------------ tokenizer
 
     def _tokenizer_fingerprint(self) -> str:
-        c = self.config
-        return content_hash(
-            "tokenizer",
-            # only what changes the items or their text; history length etc. do not
-            c.dataset.model_dump(include={"source", "path", "name", "kcore", "text"}),
-            c.encoder.model_dump(),
-            c.tokenizer.model_dump(),
-            c.seed,
-        )
+        # only what changes the items or their text; history length etc. do not
+        return content_hash("tokenizer", config_section(self._stage_config, TOKENIZER_KEYS))
 
     def _new_tokenizer(self) -> ItemTokenizer:
         cfg = self.config.tokenizer
@@ -170,16 +241,23 @@ class Run:
         if self._stage_done("tokenizer", fingerprint) and directory.exists():
             tokenizer = load_tokenizer(directory)
             self.echo(f"[tokenize] reused {directory}")
+        elif self.read_only:
+            raise RunError(
+                f"{directory} does not match this config (or was never fitted); "
+                "run `semrec fit` first"
+            )
         else:
             tokenizer = self._new_tokenizer()
             needs_text = self.config.tokenizer.name != "precomputed"
             embeddings = self.item_embeddings() if needs_text else None
             start = time.perf_counter()
-            tokenizer.fit(embeddings, seed=self.config.seed)
+            # the tokenizer's own `seed` param wins; otherwise the run seed
+            own_seed = "seed" in self.config.tokenizer.params
+            tokenizer.fit(embeddings, seed=None if own_seed else self.config.seed)
             self._timed("tokenize", start)
-            self.write_config()
             tokenizer.save(directory)
             write_json(directory / "stats.json", tokenizer.stats())
+            self.write_config()
             self._mark_stage("tokenizer", fingerprint)
         if tokenizer.n_items != self.data.dataset.num_items:
             raise RunError(
@@ -435,6 +513,8 @@ class Run:
             token, reason = next(iter(failed.items()))
             message += f"; {len(failed)} answers unusable and skipped (e.g. {token}: {reason})"
         self.echo(message)
+        if self.read_only:
+            return parsed
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             self.run_dir / "token_semantics.json",
@@ -482,6 +562,7 @@ class Run:
             max_train_samples=cfg.train.max_train_samples,
             max_valid_users=cfg.eval.max_valid_users,
             max_test_users=cfg.eval.max_test_users,
+            mask_history=cfg.eval.mask_history,
             seed=cfg.seed,
         )
 
@@ -491,42 +572,82 @@ class Run:
 
         return resolve_precision(self.config.train.precision)
 
+    @property
+    def eval_autocast(self) -> torch.dtype | None:
+        """``eval.precision``: decoding runs in fp32 unless it says ``bf16`` (autocast)."""
+        return torch.bfloat16 if self.config.eval.precision == "bf16" else None
+
     def decoder(self) -> ConstrainedBeamSearch:
         cfg = self.config
-        bf16 = self.precision.startswith("bf16")
         return ConstrainedBeamSearch(
             num_beams=cfg.eval.num_beams,
             score_mode=cfg.eval.score_mode,
-            autocast_dtype=torch.bfloat16 if bf16 else None,
+            autocast_dtype=self.eval_autocast,
         )
+
+    def exact_ranker(self):
+        """The exact full-ranking scorer (``eval.exact_ranking``), or None."""
+        cfg = self.config.eval
+        if not cfg.exact_ranking:
+            return None
+        n_items = self.data.dataset.num_items
+        if n_items > cfg.exact_max_items:
+            raise RunError(
+                f"eval.exact_ranking: the catalogue has {n_items} items, more than "
+                f"eval.exact_max_items={cfg.exact_max_items}; raise that limit (exact ranking "
+                "scores every item for every test user) or turn exact ranking off"
+            )
+        from semrec.decoding import ExactRanker
+
+        return ExactRanker(score_mode=cfg.score_mode, autocast_dtype=self.eval_autocast)
 
     # ------------------------------------------------------------------ train / test
 
     def _train_fingerprint(self) -> str:
-        c = self.config
         return content_hash(
             "train",
-            self._tokenizer_fingerprint(),
-            c.dataset.model_dump(),
-            c.model.model_dump(),
-            [t.model_dump() for t in c.tasks],
-            c.train.model_dump(),
-            # eval settings that steer checkpoint selection; test-only ones are left out
-            c.eval.model_dump(include={"task", "num_beams", "ks", "score_mode", "max_valid_users"}),
-            c.seed,
+            config_section(self._stage_config, TRAINING_KEYS),
             # the texts tasks and SA-Init read: new annotations mean a new model
             self.annotations,
             {t: [s.description, list(s.keywords)] for t, s in (self.token_semantics or {}).items()},
         )
 
-    def train(self, allow_training: bool = True):
+    def _check_resumable(self) -> Path:
+        """The newest full checkpoint to resume from; refuses if the training config changed."""
+        stored_file = self.run_dir / "config.yaml"
+        candidates = sorted(
+            (self.run_dir / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime
+        )
+        if not stored_file.is_file() or not candidates:
+            raise RunError(
+                f"--resume: {self.run_dir} has no training checkpoint to resume from "
+                f"(looked for {self.run_dir / CHECKPOINTS}/*.ckpt); run `semrec fit` without "
+                "--resume"
+            )
+        stored = load_config(stored_file)
+        diff = config_diff(stored, self.config)
+        if diff:
+            raise RunError(
+                f"--resume: the config differs from the one {self.run_dir} was trained with, in "
+                "keys that change training:\n  " + "\n  ".join(diff) + "\nresume with the "
+                "stored config (semrec fit --config " + str(stored_file) + " --resume) or start "
+                "a new run"
+            )
+        return candidates[-1]
+
+    def train(self, allow_training: bool = True, resume_from: Path | None = None):
         """Train (or reuse) the adapter; returns (module, datamodule, hf_tokenizer).
 
         With ``allow_training=False`` (``semrec test``) a missing or stale adapter is an error.
+        ``resume_from`` (a full checkpoint, see :meth:`fit`) continues an interrupted training.
         """
         import lightning as L
 
-        from semrec.models.checkpoint import BestAdapterCheckpoint, load_trained_weights
+        from semrec.models.checkpoint import (
+            AtomicCheckpointIO,
+            BestAdapterCheckpoint,
+            load_trained_weights,
+        )
         from semrec.models.module import GenRecModule
 
         cfg = self.config
@@ -540,6 +661,7 @@ class Run:
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             warmup_ratio=cfg.train.warmup_ratio,
+            exact_ranker=self.exact_ranker(),
         )
         adapter_dir = self.run_dir / "adapter"
         fingerprint = self._train_fingerprint()
@@ -553,6 +675,9 @@ class Run:
                 "affects training was overridden, or training never finished); run `semrec fit`"
             )
 
+        checkpoints = self.run_dir / CHECKPOINTS
+        if resume_from is None and checkpoints.exists():
+            shutil.rmtree(checkpoints)  # a new training: old checkpoints belong to another one
         self.write_config()
         with atomic_dir(self.run_dir / "hf_tokenizer") as tmp:
             hf_tokenizer.save_pretrained(tmp)
@@ -574,9 +699,11 @@ class Run:
             + f", {cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, "
             f"precision {self.precision}, validation on {len(datamodule.valid_examples)} users"
         )
+        if resume_from is not None:
+            self.echo(f"[train] resuming from {resume_from}")
         monitor = f"val/ndcg@{max(cfg.eval.ks)}"
         checkpoint = BestAdapterCheckpoint(adapter_dir, monitor=monitor)
-        callbacks: list[Any] = [checkpoint]
+        callbacks: list[Any] = [checkpoint, *_resume_checkpoints(checkpoints, cfg.train)]
         if cfg.train.early_stopping_patience:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(
@@ -600,20 +727,25 @@ class Run:
             log_every_n_steps=cfg.train.log_every_n_steps,
             reload_dataloaders_every_n_epochs=1,
             num_sanity_val_steps=0,
-            enable_checkpointing=False,
             enable_model_summary=False,
             logger=loggers,
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             default_root_dir=self.run_dir,
         )
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        with hide_known_warnings():
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(resume_from) if resume_from is not None else None,
+            )
         self._timed("train", start)
         if not checkpoint.saved:
             checkpoint.save(model)  # no validation ran: keep the final weights
         load_trained_weights(model, adapter_dir)
-        if "val" in module.last_metrics:
-            write_json(self.run_dir / "valid_metrics.json", checkpoint.best_metrics or {})
+        if checkpoint.best_metrics is not None:
+            write_json(self.run_dir / "valid_metrics.json", checkpoint.best_metrics)
         self._mark_stage("train", fingerprint)
         return module, datamodule, hf_tokenizer
 
@@ -626,18 +758,21 @@ class Run:
         trainer = L.Trainer(
             accelerator="auto",
             devices=1,
-            precision=self.precision,
+            # the decoder applies eval.precision itself; a bf16 Trainer would autocast it
+            precision="bf16-true" if self.precision == "bf16-true" else "32",
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=True,
         )
         start = time.perf_counter()
-        trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
+        with hide_known_warnings():
+            trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False)
         self._timed("test", start)
         metrics: dict[str, float] = {}
-        for name, value in module.last_metrics["test"].items():
-            metrics[f"test/{name}"] = value
+        for part in ("test", "test_beam"):
+            for name, value in module.last_metrics.get(part, {}).items():
+                metrics[f"{part}/{name}"] = value
         valid_file = self.run_dir / "valid_metrics.json"
         if valid_file.exists():
             for name, value in read_json(valid_file).items():
@@ -650,7 +785,9 @@ class Run:
                 ("test", datamodule.test_examples),
                 ("valid", datamodule.valid_examples),
             ):
-                for name, value in evaluate_popularity(split, examples, cfg.eval.ks).items():
+                exclude = datamodule.excluded_items(part)
+                scores = evaluate_popularity(split, examples, cfg.eval.ks, exclude)
+                for name, value in scores.items():
                     metrics[f"popularity/{part}/{name}"] = value
         return metrics
 
@@ -695,15 +832,19 @@ class Run:
         )
         return result.metrics()
 
-    def fit(self) -> dict[str, Any]:
-        """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics."""
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics.
+
+        ``resume=True`` continues an interrupted training from its last full checkpoint.
+        """
         wall = time.perf_counter()
-        self.write_config()
+        resume_from = self._check_resumable() if resume else None  # before anything is written
         self.echo(f"[run] {self.config.name} -> {self.run_dir}")
         self.echo(self.tokenizer_report())
-        trained = self.train()
+        trained = self.train(resume_from=resume_from)
         metrics = self.test(trained)
         self._timed("total", wall)
+        self.write_config()
         return self.write_report(metrics)
 
     def write_report(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -715,6 +856,25 @@ class Run:
                 f"test metrics on {n_test} of {len(data.split.test)} users "
                 f"(eval.max_test_users={self.config.eval.max_test_users}); standard error of "
                 f"HR@10 ~ {_hr_stderr(metrics.get('test/hr@10', 0.0), n_test):.3f}"
+            )
+        ev = self.config.eval
+        notes.append(
+            "ranking: "
+            + (
+                "exact (every item scored)"
+                if ev.exact_ranking
+                else f"beam search ({ev.num_beams} beams)"
+            )
+            + f", history items {'masked' if ev.mask_history else 'not masked'} (eval.mask_history)"
+            + f", decoding in {'bf16' if self.eval_autocast is not None else 'fp32'}"
+        )
+        k = max(ev.ks)
+        if f"test_beam/hr@{k}" in metrics:
+            exact, beam = metrics[f"test/hr@{k}"], metrics[f"test_beam/hr@{k}"]
+            notes.append(
+                f"beam search ({ev.num_beams} beams) vs exact ranking: HR@{k} {beam:.4f} vs "
+                f"{exact:.4f} ({beam - exact:+.4f}), NDCG@{k} {metrics[f'test_beam/ndcg@{k}']:.4f}"
+                f" vs {metrics[f'test/ndcg@{k}']:.4f}"
             )
         if self.config.train.max_train_samples:
             notes.append(
@@ -729,6 +889,23 @@ class Run:
             fh.write(table + "\n")
         self.echo(table)
         return metrics
+
+
+def _resume_checkpoints(directory: Path, train) -> list[Any]:
+    """Lightning ``ModelCheckpoint`` callbacks writing full checkpoints for ``fit --resume``:
+    ``step.ckpt`` every ``train.checkpoint_every_n_steps`` optimizer steps and
+    ``validation.ckpt`` after each validation (each file holds only the newest)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    common = {"dirpath": directory, "save_top_k": 1, "enable_version_counter": False}
+    callbacks = [ModelCheckpoint(filename="validation", save_on_train_epoch_end=False, **common)]
+    if train.checkpoint_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                filename="step", every_n_train_steps=train.checkpoint_every_n_steps, **common
+            )
+        )
+    return callbacks
 
 
 def _hr_stderr(p: float, n: int) -> float:

@@ -153,7 +153,7 @@ def test_failing_save_leaves_the_previous_checkpoint_intact(trained, monkeypatch
 
 def fake_trainer(value: float | None, sanity_checking: bool = False) -> SimpleNamespace:
     metrics = {} if value is None else {"val/ndcg@10": torch.tensor(value)}
-    return SimpleNamespace(callback_metrics=metrics, sanity_checking=sanity_checking)
+    return SimpleNamespace(callback_metrics=metrics, sanity_checking=sanity_checking, global_step=7)
 
 
 def test_best_adapter_checkpoint_saves_only_on_improvement(tmp_path: Path) -> None:
@@ -161,24 +161,25 @@ def test_best_adapter_checkpoint_saves_only_on_improvement(tmp_path: Path) -> No
     module = SimpleNamespace(model=model, last_metrics={"val": {"hr@10": 0.25}})
     callback = BestAdapterCheckpoint(tmp_path / "best", monitor="val/ndcg@10")
 
-    callback.on_validation_epoch_end(fake_trainer(0.9, sanity_checking=True), module)
-    callback.on_validation_epoch_end(fake_trainer(None), module)
+    callback.on_validation_end(fake_trainer(0.9, sanity_checking=True), module)
+    with pytest.raises(KeyError, match="validation logged no 'val/ndcg@10'"):
+        callback.on_validation_end(fake_trainer(None), module)
     assert not callback.saved and not (tmp_path / "best").exists()
 
-    callback.on_validation_epoch_end(fake_trainer(0.5), module)
+    callback.on_validation_end(fake_trainer(0.5), module)
     assert callback.saved and callback.best == pytest.approx(0.5)
     assert callback.best_metrics == {"hr@10": 0.25}
     reference = logits(model)
 
     pretend_training(model)  # a worse epoch must not overwrite the best weights
     module.last_metrics = {"val": {"hr@10": 0.1}}
-    callback.on_validation_epoch_end(fake_trainer(0.4), module)
+    callback.on_validation_end(fake_trainer(0.4), module)
     assert callback.best == pytest.approx(0.5) and callback.best_metrics == {"hr@10": 0.25}
     restored = build()
     load_trained_weights(restored, tmp_path / "best")
     assert torch.equal(logits(restored), reference)
 
-    callback.on_validation_epoch_end(fake_trainer(0.6), module)
+    callback.on_validation_end(fake_trainer(0.6), module)
     assert callback.best == pytest.approx(0.6)
     saved = read_json(tmp_path / "best" / "info.json")["metrics"]
-    assert saved == {"val/ndcg@10": pytest.approx(0.6)}
+    assert saved == {"val/ndcg@10": pytest.approx(0.6), "step": 7}

@@ -227,10 +227,11 @@ def test_token_indices_train_far_fewer_parameters_than_full_embeddings() -> None
     # LoRA matrices are the same in every mode; only the embedding part differs
     assert counts["frozen"][1] == 0
     assert counts["token_indices"][1] == len(SIDS) * HIDDEN  # one shared delta, tied head
-    assert counts["full_embeddings"][1] == 2 * vocab * HIDDEN  # embed_tokens + lm_head copies
+    # one trained copy of the tied embed_tokens / lm_head pair (peft's ensure_weight_tying)
+    assert counts["full_embeddings"][1] == vocab * HIDDEN
     lora = counts["frozen"][0]
     assert counts["token_indices"][0] == lora + len(SIDS) * HIDDEN
-    assert counts["full_embeddings"][0] - lora > 20 * (counts["token_indices"][0] - lora)
+    assert counts["full_embeddings"][0] - lora > 10 * (counts["token_indices"][0] - lora)
 
 
 def test_unknown_new_tokens_mode_is_rejected() -> None:

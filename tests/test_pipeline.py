@@ -90,10 +90,41 @@ def test_changing_the_item_text_invalidates_the_tokenizer(tiny_run):
     assert not run._stage_done("tokenizer", run._tokenizer_fingerprint())
 
 
-def test_semrec_test_refuses_a_stale_adapter(tiny_run, capsys):
+def test_semrec_test_refuses_overrides_that_change_training(tiny_run, capsys):
     run_dir, _, _ = tiny_run
     assert main(["test", "--run", str(run_dir), "model.tiny_hidden_size=32"]) == 2
-    assert "does not match this config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only evaluates" in err and "model.tiny_hidden_size: 64 -> 32" in err
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+OUTPUTS = {"metrics.json", "metrics.md"}
+
+
+@pytest.mark.parametrize(
+    "overrides, code",
+    [
+        (["eval.max_test_users=8", "eval.mask_history=true", "eval.exact_ranking=true"], 0),
+        (["tokenizer.params.levels=3"], 2),  # would refit the tokenizer: refused
+        (["train.lr=0.1"], 2),
+    ],
+)
+def test_semrec_test_writes_only_its_outputs(tiny_run, overrides, code, capsys):
+    run_dir, _, _ = tiny_run
+    before = _files(run_dir)
+    assert main(["test", "--run", str(run_dir), *overrides]) == code
+    after = _files(run_dir)
+    assert set(after) == set(before)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed <= OUTPUTS if code == 0 else changed == set()
+    if code == 0:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["test/users"] == 8 and "test_beam/hr@10" in metrics
+    else:
+        assert "nothing was written" in capsys.readouterr().err
 
 
 def test_tokenize_command_prints_collision_stats(tmp_path, capsys):

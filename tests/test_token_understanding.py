@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from semrec.decoding import SIDTrie
+from semrec.decoding.model_calls import installed_cache_argument
 from semrec.evaluation.token_understanding import (
     DEFAULT_SID2TITLE,
     DEFAULT_TITLE2SID,
@@ -53,13 +54,16 @@ class RiggedLlama(LlamaForCausalLM):
     forced: list[int]
     modes_seen: set[bool]
 
-    def forward(self, input_ids=None, past_key_values=None, **kwargs):
+    def forward(self, input_ids=None, cache=None, past_key_values=None, **kwargs):
+        """Takes the cache as ``cache`` (transformers 5) or ``past_key_values`` (4.x)."""
         self.modes_seen.add(self.training)
-        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        kv_cache = cache if cache is not None else past_key_values
+        past = 0 if kv_cache is None else kv_cache.get_seq_length()
         if past == 0:
             self.prompt_width = input_ids.shape[1]
         step = past + input_ids.shape[1] - self.prompt_width
-        out = super().forward(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+        kwargs[installed_cache_argument()] = kv_cache
+        out = super().forward(input_ids=input_ids, **kwargs)
         logits = self.sid_bias.clone()
         logits[self.forced[step] if step < len(self.forced) else self.config.eos_token_id] = 100.0
         out.logits = logits.expand_as(out.logits).clone()
@@ -232,6 +236,10 @@ def test_bad_inputs_are_named(rigged):
 # ---------------------------------------------------------------------------- smoke
 
 
+# peft 0.21 (PeftModel.__init__) reads transformers 5.x's deprecated is_gradient_checkpointing.
+@pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning:transformers"
+)
 @pytest.mark.parametrize("wrap_lora", [False, True])
 def test_runs_end_to_end_on_a_tiny_llama(wrap_lora):
     model, formatter, trie = build()

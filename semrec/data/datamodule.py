@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from semrec.data.split import Example
 from semrec.models.prompting import PromptFormatter
@@ -21,13 +23,45 @@ def subsample_examples(examples: list[Example], limit: int | None, seed: int) ->
     return [examples[i] for i in picked]
 
 
+class ResumableBatchSampler(BatchSampler):
+    """Sequential batches that can start mid-epoch: the data position of a resumed run.
+
+    ``batches_done`` (a callable: the number of batches the trainer has finished this
+    epoch) is what :meth:`state_dict` stores; after :meth:`load_state_dict` the next
+    iteration skips that many batches without loading them. ``len`` stays the whole epoch's.
+    """
+
+    def __init__(self, n: int, batch_size: int, batches_done: Callable[[], int]) -> None:
+        super().__init__(SequentialSampler(range(n)), batch_size, drop_last=False)
+        self.batches_done = batches_done
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning saves and restores mid-epoch (the ``state_dict`` protocol)."""
+
+    batch_sampler: ResumableBatchSampler
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": int(self.batch_sampler.batches_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.skip = int(state["batches_done"])
+
+
 class GenRecDataModule(L.LightningDataModule):
     """Builds one epoch of instruction pairs per epoch (fresh template draws) and eval prompts.
 
     Training batches are dicts with ``input_ids``, ``attention_mask`` and ``labels`` (loss on
     the response only); eval batches hold left-padded prompts plus ``targets`` (item ids).
     Lightning must reload the train dataloader every epoch
-    (``reload_dataloaders_every_n_epochs=1``) so templates are re-sampled.
+    (``reload_dataloaders_every_n_epochs=1``) so templates are re-sampled. The train
+    loader resumes mid-epoch from a Lightning checkpoint (:class:`ResumableDataLoader`).
+    With ``mask_history`` eval batches also hold ``exclude``: each user's earlier items.
     """
 
     def __init__(
@@ -42,6 +76,7 @@ class GenRecDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_valid_users: int | None = None,
         max_test_users: int | None = None,
+        mask_history: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -53,6 +88,7 @@ class GenRecDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_train_samples = max_train_samples
         self.seed = seed
+        self.mask_history = mask_history
         self.valid_examples = subsample_examples(ctx.split.valid, max_valid_users, seed)
         self.test_examples = subsample_examples(ctx.split.test, max_test_users, seed + 1)
         self._epoch_cache: tuple[int, list[Sample]] | None = None
@@ -73,34 +109,62 @@ class GenRecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         samples = self.epoch_samples(epoch)
-        return DataLoader(
+        # build_mixture already shuffled, reproducibly: batches are taken in order
+        sampler = ResumableBatchSampler(len(samples), self.batch_size, self._batches_done)
+        return ResumableDataLoader(
             samples,
-            batch_size=self.batch_size,
-            shuffle=False,  # build_mixture already shuffled, reproducibly
+            batch_sampler=sampler,
             collate_fn=self._collate_train,
+            # its own generator: creating the iterator must not draw from the global RNG,
+            # or a resumed run's dropout masks would differ from an uninterrupted run's
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _batches_done(self) -> int:
+        """Training batches finished in the current epoch (what a checkpoint must skip)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def _collate_train(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         return self.formatter.collate_pairs(
             [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
         )
 
-    def eval_dataloader(self, examples: list[Example]) -> DataLoader:
+    def excluded_items(self, part: str) -> list[list[int]] | None:
+        """Per eval example of ``part``, the items never to recommend (None: no masking)."""
+        if not self.mask_history:
+            return None
+        examples = self.valid_examples if part == "valid" else self.test_examples
+        return [self.ctx.split.seen_items(ex, part) for ex in examples]
+
+    def eval_dataloader(self, part: str) -> DataLoader:
+        examples = self.valid_examples if part == "valid" else self.test_examples
         samples = self.eval_task.eval_samples(self.ctx, examples)
-        encoded = [(self.formatter.prompt_ids(s.prompt), s.target_item) for s in samples]
+        exclude = self.excluded_items(part) or [[] for _ in samples]
+        encoded = [
+            (self.formatter.prompt_ids(s.prompt), s.target_item, banned)
+            for s, banned in zip(samples, exclude)
+        ]
         # Similar lengths together: less padding in each batched beam search.
-        encoded.sort(key=lambda pair: len(pair[0]))
+        encoded.sort(key=lambda row: len(row[0]))
         return DataLoader(
             encoded, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate_eval
         )
 
-    def _collate_eval(self, encoded: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        batch = self.formatter.collate_prompts([ids for ids, _ in encoded])
-        batch["targets"] = torch.tensor([target for _, target in encoded], dtype=torch.long)
+    def _collate_eval(self, encoded: list[tuple[list[int], int, list[int]]]) -> dict:
+        batch = self.formatter.collate_prompts([ids for ids, _, _ in encoded])
+        batch["targets"] = torch.tensor([target for _, target, _ in encoded], dtype=torch.long)
+        if self.mask_history:
+            width = max(1, max(len(banned) for _, _, banned in encoded))
+            exclude = torch.full((len(encoded), width), -1, dtype=torch.long)
+            for row, (_, _, banned) in enumerate(encoded):
+                exclude[row, : len(banned)] = torch.tensor(banned, dtype=torch.long)
+            batch["exclude"] = exclude
         return batch
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader(self.valid_examples)
+        return self.eval_dataloader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader(self.test_examples)
+        return self.eval_dataloader("test")

@@ -145,6 +145,8 @@ class RecDataset:
 
     def sequences(self) -> list[np.ndarray]:
         """Per user (by index), their item indices in chronological order."""
+        if self.num_users == 0:
+            return []
         order = self.chronological_order()
         counts = np.bincount(self.users, minlength=self.num_users)
         return np.split(self.items[order], np.cumsum(counts)[:-1])

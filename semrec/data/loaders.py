@@ -13,6 +13,14 @@ Built in:
   ``.review.json``);
 - ``ml-100k``: MovieLens-100k as shipped inside the ``recbole`` wheel.
 
+Repeated interactions: a user may interact with the same item more than once (a re-watch,
+a re-purchase); every occurrence is kept, in time order. Rows that repeat the same user, item
+*and* timestamp are not repeats but duplicated lines (a file concatenated twice, a bad
+join): ``recbole`` rejects them, naming both lines. Without a ``timestamp`` column each line
+is its own time step, so nothing counts as duplicated; LC-Rec histories are positions, so
+the same holds there. A JSON object that repeats a key (a user in ``inter.json``, an item
+in ``item.json``) is rejected, where ``json`` would silently keep only the last value.
+
 Item fields are renamed to semrec's normalised names (``movie_title`` -> ``title``,
 ``class``/``genre`` -> ``categories``, ``release_year`` -> ``year``); other fields keep their
 own names.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +61,9 @@ ITEM_FIELD_ALIASES = {
 }
 
 _ATOMIC_TYPES = {"token", "token_seq", "float", "float_seq"}
+
+# SID tokens as semrec's tokenizers read them: <prefix_code>, e.g. <a_12> (one or more)
+_SID_TOKENS = re.compile(r"(?:<[^<>_\s]+_\d+>)+")
 
 
 def load_dataset(source: str, path: str | None = None, name: str | None = None) -> RecDataset:
@@ -310,14 +322,27 @@ def load_recbole(path: str | None, name: str | None = None) -> RecDataset:
                 ) from None
         if ratings is not None:
             try:
-                ratings[row] = float(values[rating_col])
+                rating = float(values[rating_col])
             except ValueError:
+                rating = math.nan
+            if not math.isfinite(rating):
                 raise DataError(
-                    f"expected a number, got {values[rating_col]!r}",
+                    f"expected a finite number, got {values[rating_col]!r}",
                     source=inter_path,
                     line=lineno,
                     field="rating",
-                ) from None
+                )
+            ratings[row] = rating
+
+    if not inter.rows:
+        raise DataError(
+            "no interactions: the file has a header but no data rows", source=inter_path
+        )
+    if time_col is not None:
+        first_index = np.fromiter(
+            (user_first[u] for u in raw_users), dtype=np.int64, count=len(raw_users)
+        )
+        _reject_duplicate_rows(inter, first_index, item_idx, timestamps, raw_users, item_index)
 
     if user_table is not None:
         user_ids = [user_id for user_id in user_table if user_id in user_first]
@@ -339,17 +364,70 @@ def load_recbole(path: str | None, name: str | None = None) -> RecDataset:
     )
 
 
+def _reject_duplicate_rows(
+    inter: _AtomicFile,
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    raw_users: list[str],
+    item_index: dict[str, int],
+) -> None:
+    """Rows repeating the same (user, item, timestamp) are duplicated lines: name them."""
+    order = np.lexsort((np.arange(len(users)), timestamps, items, users))  # stable
+    same = (
+        (users[order][1:] == users[order][:-1])
+        & (items[order][1:] == items[order][:-1])
+        & (timestamps[order][1:] == timestamps[order][:-1])
+    )
+    if not same.any():
+        return
+    repeats = order[1:][same]
+    originals = order[:-1][same]
+    first = int(np.argmin(repeats))  # the earliest repeating line in the file
+    row, original = int(repeats[first]), int(originals[first])
+    item_ids = list(item_index)
+    raise DataError(
+        f"{len(repeats)} duplicated interaction row(s) (same user, item and timestamp); this "
+        f"one repeats line {inter.rows[original][0]}: user {raw_users[row]!r}, item "
+        f"{item_ids[int(items[row])]!r}, timestamp {int(timestamps[row])}. Remove the "
+        "duplicated lines (repeat interactions at different timestamps are kept)",
+        source=inter.path,
+        line=inter.rows[row][0],
+    )
+
+
 # --------------------------------------------------------------------------- LC-Rec JSON
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKey(key)
+        data[key] = value
+    return data
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            data = json.load(fh, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON: {err.msg}", source=path, line=err.lineno) from None
+        raise DataError(
+            f"invalid JSON: {err.msg} (column {err.colno})", source=path, line=err.lineno
+        ) from None
     except UnicodeDecodeError as err:
         raise DataError(f"not valid UTF-8 ({err.reason})", source=path) from None
+    except _DuplicateKey as err:
+        raise DataError(
+            f"key {err.args[0]!r} appears twice in one JSON object (JSON would keep only the "
+            "last value); merge or remove the duplicate",
+            source=path,
+        ) from None
     if not isinstance(data, dict):
         raise DataError(
             f"expected a JSON object at top level, got {type(data).__name__}", source=path
@@ -438,6 +516,8 @@ def load_lcrec_json(path: str | None, name: str | None = None) -> RecDataset:
             items.append(item_index[item_id])
             timestamps.append(position)
         user_ids.append(user_id)
+    if not users:
+        raise DataError("no interactions: every user history is empty", source=inter_path)
     item_ids = list(item_index)
 
     return RecDataset(
@@ -464,6 +544,13 @@ def _read_sids(path: Path, item_ids: list[str]) -> list[list[str]]:
         if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)):
             raise DataError(
                 f"expected a non-empty list of SID token strings, got {tokens!r}",
+                source=path,
+                record=f"item {item_id!r}",
+            )
+        bad = next((t for t in tokens if not _SID_TOKENS.fullmatch(t.replace(" ", ""))), None)
+        if bad is not None:
+            raise DataError(
+                f"SID token {bad!r} is not of the form <prefix_code>, e.g. '<a_12>'",
                 source=path,
                 record=f"item {item_id!r}",
             )

@@ -93,12 +93,28 @@ class Split:
     num_users: int
     train_sequences: list[np.ndarray] = field(default_factory=list)
     dropped_users: int = 0
+    _valid_targets: dict[int, int] | None = field(default=None, repr=False, compare=False)
 
     def train_item_counts(self) -> np.ndarray:
         """Per item, how often it occurs in the users' training parts (int64)."""
         if not self.train_sequences:
             return np.zeros(self.num_items, dtype=np.int64)
         return np.bincount(np.concatenate(self.train_sequences), minlength=self.num_items)
+
+    def seen_items(self, example: Example, part: Literal["valid", "test"]) -> list[int]:
+        """Every item ``example.user`` interacted with before the target of ``part``, uncapped.
+
+        For a valid example that is the user's training part; for a test example also the
+        valid target. (``example.history`` is capped at ``max_history``; this is not.)
+        """
+        seen = self.train_sequences[example.user].tolist()
+        if part == "test":
+            if self._valid_targets is None:
+                self._valid_targets = {ex.user: ex.target for ex in self.valid}
+            seen.append(self._valid_targets[example.user])
+        elif part != "valid":
+            raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
+        return seen
 
     def summary(self) -> dict:
         return {
@@ -132,6 +148,13 @@ def leave_one_out(
     if short_users not in ("error", "drop"):
         raise ValueError(f"short_users must be 'error' or 'drop', got {short_users!r}")
 
+    if ds.num_interactions == 0 or ds.num_users == 0:
+        raise DataError(
+            "no interactions left to split: leave-one-out needs users with >= "
+            f"{MIN_SEQUENCE_LENGTH} interactions each. If a k-core filter ran "
+            "(dataset.kcore), it removed every user and item: lower dataset.kcore",
+            source=ds.source or ds.name,
+        )
     sequences = ds.sequences()
     short = [u for u, seq in enumerate(sequences) if len(seq) < MIN_SEQUENCE_LENGTH]
     if short and short_users == "error":

@@ -12,7 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-from semrec.decoding.beam_search import SCORE_MODES, ScoreMode, _check_prompts
+from semrec.decoding.model_calls import ScoreMode, check_prompts, check_score_mode
 from semrec.decoding.trie import PAD, SIDTrie
 
 
@@ -33,9 +33,8 @@ def exact_item_scores(
     item's SID (found here by brute-force grouping of the raw sequences, not the trie).
     Prompts are LEFT padded, as for the decoder.
     """
-    if score_mode not in SCORE_MODES:
-        raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
-    attention_mask = _check_prompts(input_ids, attention_mask)
+    check_score_mode(score_mode)
+    attention_mask = check_prompts(input_ids, attention_mask)
     device = input_ids.device
     seqs = trie.sequences.to(device)
     n_items, max_len = seqs.shape

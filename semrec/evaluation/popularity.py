@@ -16,10 +16,27 @@ def popularity_ranking(split: Split, k: int) -> torch.Tensor:
     return torch.as_tensor(order[:k], dtype=torch.long)
 
 
-def evaluate_popularity(split: Split, examples: list[Example], ks: list[int]) -> dict[str, float]:
-    """Ranking metrics of the popularity list on ``examples``, same protocol as the LLM."""
-    top = popularity_ranking(split, max(ks))
+def evaluate_popularity(
+    split: Split,
+    examples: list[Example],
+    ks: list[int],
+    exclude: list[list[int]] | None = None,
+) -> dict[str, float]:
+    """Ranking metrics of the popularity list on ``examples``, same protocol as the LLM.
+
+    ``exclude[i]`` (``eval.mask_history``) are items left out of example ``i``'s list.
+    """
+    k = max(ks)
     metric = TopKRankingMetrics(ks, split.num_items)
     targets = torch.tensor([ex.target for ex in examples], dtype=torch.long)
-    metric.update(top.expand(len(examples), -1), targets)
+    if exclude is None:
+        metric.update(popularity_ranking(split, k).expand(len(examples), -1), targets)
+        return metric.compute()
+    order = popularity_ranking(split, split.num_items).tolist()
+    ranked = torch.full((len(examples), k), -1, dtype=torch.long)
+    for row, banned in enumerate(exclude):
+        banned_set = set(banned)
+        kept = [item for item in order if item not in banned_set][:k]
+        ranked[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
+    metric.update(ranked, targets)
     return metric.compute()

@@ -7,6 +7,8 @@ from typing import Literal
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
+from semrec.known_warnings import hide_known_warnings
+
 NewTokenTraining = Literal["token_indices", "full_embeddings", "frozen"]
 
 
@@ -39,6 +41,9 @@ def apply_lora(
         extra["trainable_token_indices"] = {embed_name: list(sid_token_ids)}
     elif new_tokens == "full_embeddings":
         extra["modules_to_save"] = [embed_name, "lm_head"]
+        if model.config.get_text_config().tie_word_embeddings and _supports_weight_tying():
+            # keep one trained copy for both tied layers (peft >= 0.18 asks for this)
+            extra["ensure_weight_tying"] = True
     elif new_tokens != "frozen":
         raise ValueError(f"unknown new_tokens mode {new_tokens!r}")
     config = LoraConfig(
@@ -49,7 +54,12 @@ def apply_lora(
         task_type="CAUSAL_LM",
         **extra,
     )
-    return get_peft_model(model, config)
+    with hide_known_warnings():
+        return get_peft_model(model, config)
+
+
+def _supports_weight_tying() -> bool:
+    return "ensure_weight_tying" in LoraConfig.__dataclass_fields__
 
 
 def _embedding_module_name(model: PreTrainedModel) -> str:

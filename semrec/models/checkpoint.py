@@ -8,10 +8,14 @@ off), keyed by their names in the wrapped model.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -75,7 +79,14 @@ def load_trained_weights(model: nn.Module, directory: Path) -> None:
 
 
 class BestAdapterCheckpoint(L.Callback):
-    """Saves the trainable weights whenever ``monitor`` (e.g. ``val/ndcg@10``) improves."""
+    """Saves the trainable weights whenever ``monitor`` (e.g. ``val/ndcg@10``) improves.
+
+    It acts in ``on_validation_end``, which Lightning calls after every
+    ``on_validation_epoch_end`` (callbacks first, then the LightningModule, where the
+    validation metrics are logged): the score it compares and the weights it saves come from
+    the same validation. Its best score travels in full Lightning checkpoints, so a resumed
+    run keeps comparing against the best validation before the crash.
+    """
 
     def __init__(self, directory: Path, monitor: str | None) -> None:
         self.directory = Path(directory)
@@ -88,14 +99,44 @@ class BestAdapterCheckpoint(L.Callback):
         save_trained_weights(model, self.directory, metrics)
         self.saved = True
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.monitor is None or trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            return
+            raise KeyError(
+                f"BestAdapterCheckpoint: validation logged no {self.monitor!r} "
+                f"(logged: {sorted(trainer.callback_metrics)})"
+            )
         value = float(value)
         if self.best is None or value > self.best:
             self.best = value
             self.best_metrics = dict(getattr(pl_module, "last_metrics", {}).get("val", {}))
-            self.save(pl_module.model, {self.monitor: value})
+            self.save(pl_module.model, {self.monitor: value, "step": trainer.global_step})
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_metrics": self.best_metrics, "saved": self.saved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+        self.best_metrics = state_dict.get("best_metrics")
+        self.saved = bool(state_dict.get("saved")) and (self.directory / WEIGHTS_FILE).is_file()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a temp file renamed into place, so a run
+    killed while saving keeps its previous checkpoint whole."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

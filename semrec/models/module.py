@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
@@ -17,7 +21,17 @@ class GenRecModule(L.LightningModule):
     Collaborators come in by constructor: the model, the decoder, and the trie of valid
     SIDs (rows = item ids). A tokenizer trained jointly with the LLM replaces the trie
     through :meth:`set_trie` when its codes change.
+
+    With an ``exact_ranker`` the test users are ranked exactly (every item's full SID
+    scored); their metrics are ``test/*`` and the beam search's are ``test_beam/*``.
+    Validation always uses the beam search. Eval batches may carry ``exclude`` (items
+    never to recommend, ``-1`` padded: ``eval.mask_history``).
+
+    Full Lightning checkpoints (for resuming) hold only the trainable parameters (the
+    frozen base is rebuilt from the config) plus the torch/numpy/python RNG states.
     """
+
+    strict_loading = False  # checkpoints hold only the trainable parameters
 
     def __init__(
         self,
@@ -29,10 +43,12 @@ class GenRecModule(L.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
+        exact_ranker: Any | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.decoder = decoder
+        self.exact_ranker = exact_ranker
         self.trie = trie
         self.ks = sorted(ks)
         self.lr = lr
@@ -40,6 +56,7 @@ class GenRecModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.val_metrics = TopKRankingMetrics(self.ks, trie.num_items)
         self.test_metrics = TopKRankingMetrics(self.ks, trie.num_items)
+        self.test_beam_metrics = TopKRankingMetrics(self.ks, trie.num_items)
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def set_trie(self, trie: SIDTrie) -> None:
@@ -70,21 +87,63 @@ class GenRecModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {
+            n: t for n, t in checkpoint["state_dict"].items() if n in trainable
+        }
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise RuntimeError(
+                f"the checkpoint has no values for {len(missing)} trainable tensors "
+                f"(e.g. {missing[:3]}): it was written for another model or LoRA config"
+            )
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
     # ------------------------------------------------------------------ evaluation
 
-    def recommend(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int):
-        """Top-``top_k`` item ids and scores for left-padded prompts."""
-        return self.decoder.search(self.model, self.trie, input_ids, attention_mask, top_k)
+    def recommend(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        top_k: int,
+        exclude_items: torch.Tensor | None = None,
+    ):
+        """Top-``top_k`` item ids and scores for left-padded prompts (beam search)."""
+        return self.decoder.search(
+            self.model, self.trie, input_ids, attention_mask, top_k, exclude_items=exclude_items
+        )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TopKRankingMetrics) -> None:
-        result = self.recommend(batch["input_ids"], batch["attention_mask"], max(self.ks))
+        result = self.recommend(
+            batch["input_ids"], batch["attention_mask"], max(self.ks), batch.get("exclude")
+        )
         metric.update(result.items.cpu(), batch["targets"].cpu())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
+        if self.exact_ranker is None:
+            self._eval_step(batch, self.test_metrics)
+            return
+        self._eval_step(batch, self.test_beam_metrics)
+        result = self.exact_ranker.top_k(
+            self.model,
+            self.trie,
+            batch["input_ids"],
+            batch["attention_mask"],
+            max(self.ks),
+            exclude_items=batch.get("exclude"),
+        )
+        self.test_metrics.update(result.items.cpu(), batch["targets"].cpu())
 
     def _log_metrics(self, prefix: str, metric: TopKRankingMetrics) -> None:
         values = metric.compute()
@@ -99,3 +158,24 @@ class GenRecModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
+        if self.exact_ranker is not None:
+            self._log_metrics("test_beam", self.test_beam_metrics)
+
+
+def _rng_states() -> dict[str, Any]:
+    """torch / numpy / python RNG states as tensors and plain lists (``weights_only``-loadable)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), cached],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))

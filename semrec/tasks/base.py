@@ -118,7 +118,13 @@ class Task(ABC):
 
 
 class RecommendationTask(Task):
-    """A task whose response is the next item; it also builds the evaluation prompts."""
+    """A task whose response is the next item; it also builds the evaluation prompts.
+
+    ``target_leak`` is set (to the reason) by tasks whose prompt is built from the target
+    item itself; the config refuses them as ``eval.task``.
+    """
+
+    target_leak: ClassVar[str | None] = None
 
     @abstractmethod
     def prompt(self, ctx: TaskContext, example: Example, template: int = 0) -> str:

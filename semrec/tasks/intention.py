@@ -94,6 +94,10 @@ class IntentionTask(RecommendationTask):
 
     requires = ("annotations",)
     skipped = 0
+    target_leak = (
+        "its prompt states an intention written from the target item itself (the user's "
+        "review of it, or its own text)"
+    )
 
     def __init__(
         self,

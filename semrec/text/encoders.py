@@ -247,7 +247,9 @@ def encode_cached(
     """``encoder.encode(texts)``, reusing ``<cache>/embeddings/<hash>.safetensors`` if present.
 
     The hash covers ``encoder.cache_key()`` and the texts; ``cache_root`` defaults to
-    :func:`semrec.artifacts.cache_dir`. An unreadable cache file is recomputed and replaced.
+    :func:`semrec.artifacts.cache_dir`. An unreadable cache file (or one holding NaN / inf)
+    is recomputed and replaced. Embeddings with NaN or inf are never cached: the error names
+    the first text that got them.
     """
     texts = _check_texts(texts)
     key = encoder.cache_key()
@@ -257,7 +259,9 @@ def encode_cached(
         try:
             cached = load_file(str(path))["embeddings"]
             if cached.ndim == 2 and cached.shape[0] == len(texts):
-                return cached
+                if bool(torch.isfinite(cached).all()):
+                    return cached
+                raise ValueError("holds NaN or inf values")
             log.warning(
                 "%s holds %s embeddings for %d texts; recomputing",
                 path,
@@ -276,12 +280,31 @@ def encode_cached(
             f"for {len(texts)} texts"
         )
     embeddings = embeddings.detach().to("cpu", torch.float32).contiguous()
+    bad = ~torch.isfinite(embeddings).all(dim=1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        first = rows[0]
+        raise ValueError(
+            f"{type(encoder).__name__} ({_describe_key(key)}) returned NaN or inf embeddings "
+            f"for {len(rows)} of {len(texts)} texts, first text {first}: "
+            f"{_excerpt(texts[first])!r}; nothing was cached"
+        )
     payload = safetensors_bytes(
         {"embeddings": embeddings}, metadata={"cache_key": json.dumps(key, sort_keys=True)}
     )
     with atomic_write(path, "wb") as fh:
         fh.write(payload)
     return embeddings
+
+
+def _describe_key(key: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name}={value}" for name, value in key.items() if name in ("encoder", "model")
+    )
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

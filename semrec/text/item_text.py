@@ -11,6 +11,7 @@ Whitespace inside the output is collapsed to single spaces.
 
 from __future__ import annotations
 
+import difflib
 import string
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +51,13 @@ class ItemTextBuilder:
     def requested_fields(self, ds: RecDataset) -> list[str]:
         """The fields this builder reads, checked against the fields the dataset has."""
         available = _available_fields(ds)
+        if not available and ds.num_items:
+            raise DataError(
+                f"none of the {ds.num_items} items has any text (e.g. item {ds.item_ids[0]!r}); "
+                "item text comes from the item file (RecBole <name>.item, LC-Rec "
+                "<name>.item.json): is it missing or empty?",
+                source=ds.source or ds.name,
+            )
         if self.template is not None:
             requested = _template_fields(self.template)
             kind = "template"
@@ -60,8 +68,10 @@ class ItemTextBuilder:
             return available
         for name in requested:
             if name not in available:
+                close = difflib.get_close_matches(name, available, n=2, cutoff=0.6)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise DataError(
-                    f"item field {name!r} in the {kind} is on no item "
+                    f"item field {name!r} in the {kind} is on no item{hint} "
                     f"(available: {', '.join(available) or 'none'})",
                     source=ds.source or ds.name,
                     field=name,

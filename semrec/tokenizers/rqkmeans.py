@@ -17,6 +17,7 @@ codebooks. ``encode_new`` applies the same normalisation, PCA and codebooks to u
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,8 +60,15 @@ class RQKMeansTokenizer(ItemTokenizer):
             raise ValueError(f"collision must be one of {COLLISION_STRATEGIES}, got {collision!r}")
         if on_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
-        if reduce_dim is not None and reduce_dim < 1:
-            raise ValueError(f"reduce_dim must be a positive int or None, got {reduce_dim}")
+        if reduce_dim is not None and (
+            isinstance(reduce_dim, bool) or not isinstance(reduce_dim, int) or reduce_dim < 1
+        ):
+            raise ValueError(f"reduce_dim must be a positive int or None, got {reduce_dim!r}")
+        for name, flag in (("normalize", normalize), ("suffix_all", suffix_all)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         self.quantizer = ResidualKMeans(levels, codebook_size, max_iter=kmeans_iters)
         self.reduce_dim = reduce_dim
         self.normalize = normalize
@@ -90,6 +98,7 @@ class RQKMeansTokenizer(ItemTokenizer):
     # ------------------------------------------------------------------------ fit
     def _fit(self, embeddings: torch.Tensor, seed: int | None) -> FittedCodes:
         seed = self.seed if seed is None else seed
+        self._check_capacity(embeddings.shape[0])
         if self.normalize:
             embeddings = F.normalize(embeddings, dim=1)
         if self.reduce_dim is not None:
@@ -117,6 +126,22 @@ class RQKMeansTokenizer(ItemTokenizer):
             },
         )
 
+    def _check_capacity(self, n_items: int) -> None:
+        """Fail before k-means when reassignment cannot give every item its own SID."""
+        if self.collision != "reassign" or self.on_overflow != "error":
+            return
+        sizes = list(self.quantizer.codebook_sizes)
+        capacity = math.prod(sizes)
+        if capacity < n_items:
+            raise ValueError(
+                f"rqkmeans: codebook sizes {sizes} (levels={len(sizes)}) allow only {capacity} "
+                f"distinct SIDs but there are {n_items} items, so collision='reassign' cannot "
+                "resolve the collisions; use a bigger last-level codebook or the 'suffix' "
+                "strategy: raise codebook_size or levels, or set on_overflow='suffix' (extra "
+                "suffix level for the remaining colliders) or collision='suffix' (checked "
+                "before k-means)"
+            )
+
     def _resolve_collisions(
         self, raw: torch.Tensor, error: torch.Tensor, seed: int
     ) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
@@ -133,9 +158,16 @@ class RQKMeansTokenizer(ItemTokenizer):
                     "items_with_suffix": int((codes[:, -1] != PAD).sum()),
                 },
             )
-        codes = reassign_last_level(
-            raw, sizes[-1], seed, priority=error, strict=self.on_overflow == "error"
-        )
+        try:
+            codes = reassign_last_level(
+                raw, sizes[-1], seed, priority=error, strict=self.on_overflow == "error"
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"rqkmeans (codebook_size={self.config()['codebook_size']}): {err}; "
+                "with rqkmeans, on_overflow='suffix' gives the remaining colliders an extra "
+                "suffix level"
+            ) from None
         resolution = {
             "strategy": "reassign",
             "items_reassigned": int((codes != raw).any(dim=1).sum()),

@@ -65,11 +65,28 @@ class RQVAEUSMTokenizer(ItemTokenizer):
     ) -> None:
         super().__init__(level_prefixes)
         self.codebook_sizes_config = _codebook_sizes(levels, codebook_size)
-        for name, value in (("code_dim", code_dim), ("epochs", epochs), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (
+            ("code_dim", code_dim),
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("sinkhorn_iterations", sinkhorn_iterations),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if any(not isinstance(width, int) or width < 1 for width in hidden_layers):
+        if isinstance(hidden_layers, (str, bytes)) or not isinstance(hidden_layers, Sequence):
+            raise ValueError(
+                f"hidden_layers must be a list of positive ints, got {hidden_layers!r}"
+            )
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in hidden_layers):
             raise ValueError(f"hidden_layers must be positive ints, got {list(hidden_layers)}")
+        for name, value in (
+            ("beta", beta),
+            ("lr", lr),
+            ("weight_decay", weight_decay),
+            ("sinkhorn_epsilon", sinkhorn_epsilon),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if beta < 0 or lr <= 0 or sinkhorn_epsilon <= 0:
             raise ValueError("beta must be >= 0, lr and sinkhorn_epsilon > 0")
         self.levels_config = levels
@@ -306,8 +323,14 @@ def check_capacity(codebook_sizes: Sequence[int], n_items: int, tokenizer: str) 
 
 
 def _codebook_sizes(levels: int, codebook_size: int | Sequence[int]) -> list[int]:
-    if not isinstance(levels, int) or levels < 1:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be a positive int, got {levels!r}")
+    if isinstance(codebook_size, (str, bytes, bool)) or not isinstance(
+        codebook_size, (int, Sequence)
+    ):
+        raise ValueError(
+            f"codebook_size must be an int or a list of ints (one per level), got {codebook_size!r}"
+        )
     sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
     if len(sizes) != levels:
         raise ValueError(f"codebook_size lists {len(sizes)} sizes but there are {levels} levels")

@@ -1,0 +1,274 @@
+"""Trustworthy runs: the best checkpoint, resume after SIGKILL, read-only `semrec test`, seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from semrec.cli import main
+from semrec.config import ConfigError, load_config
+from semrec.models.checkpoint import WEIGHTS_FILE, BestAdapterCheckpoint
+from semrec.pipeline import Run
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+SCORES = [0.2, 0.5, 0.3, 0.7, 0.6]  # the monitored value at validations 1..5
+
+
+class PatternModule(L.LightningModule):
+    """Its weight is the number of optimizer steps taken; validation k logs SCORES[k-1]
+    in ``on_validation_epoch_end``, as GenRecModule does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.model.weight)
+        self.validations = 0
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self.weight_at_validation: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        return (self.model.weight * 0 - 1).sum()  # d loss / d w = 0; the step is set below
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():
+            self.model.weight += 1
+
+    def validation_step(self, batch, batch_idx) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        score = SCORES[self.validations]
+        self.validations += 1
+        self.weight_at_validation.append(float(self.model.weight))
+        self.last_metrics["val"] = {"ndcg@10": score, "validation": float(self.validations)}
+        self.log("val/ndcg@10", score)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_best_checkpoint_saves_the_weights_of_the_validation_it_scores(tmp_path: Path) -> None:
+    module = PatternModule()
+    callback = BestAdapterCheckpoint(tmp_path / "best", monitor="val/ndcg@10")
+    data = torch.utils.data.DataLoader(torch.zeros(3, 1), batch_size=1)
+    trainer = L.Trainer(
+        max_epochs=len(SCORES),
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+    best = max(range(len(SCORES)), key=SCORES.__getitem__)  # validation 4 (index 3)
+    assert callback.best == pytest.approx(SCORES[best])
+    assert callback.best_metrics == {"ndcg@10": SCORES[best], "validation": best + 1.0}
+    saved = load_file(str(tmp_path / "best" / WEIGHTS_FILE))["weight"]
+    assert float(saved) == module.weight_at_validation[best] == 3.0 * (best + 1)
+    info = json.loads((tmp_path / "best" / "info.json").read_text())["metrics"]
+    assert info["val/ndcg@10"] == pytest.approx(SCORES[best]) and info["step"] == 3 * (best + 1)
+
+
+def test_a_single_validation_is_saved(tmp_path: Path) -> None:
+    module = PatternModule()
+    callback = BestAdapterCheckpoint(tmp_path / "best", monitor="val/ndcg@10")
+    data = torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=data, val_dataloaders=data)
+    assert callback.saved and callback.best_metrics == {"ndcg@10": SCORES[0], "validation": 1.0}
+
+
+# ---------------------------------------------------------------------------- resume
+
+# A short tiny run: 15 batches an epoch, step checkpoints every 4 steps, validation every
+# 2 epochs; LoRA with dropout, so the RNG state, the learning-rate schedule, the AdamW
+# moments and the data position must all be restored exactly.
+RESUME_OVERRIDES = [
+    "train.epochs=4",
+    "train.check_val_every_n_epoch=2",
+    "train.checkpoint_every_n_steps=4",
+    "model.lora={enabled: true, r: 4, alpha: 8, dropout: 0.1}",
+]
+KILL_AT_STEP = 22  # mid-epoch 2 (steps 16..30), after the step-20 checkpoint
+
+STALLING_FIT = """
+import sys, time
+from pathlib import Path
+import lightning as L
+import semrec.pipeline as pipeline
+from semrec.cli import main
+
+class Stall(L.Callback):
+    # blocks the training at a step, after that step's checkpoints were written
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == {step}:
+            Path({ready!r}).write_text("stalled")
+            time.sleep(600)
+
+original = pipeline._resume_checkpoints
+pipeline._resume_checkpoints = lambda *a: [*original(*a), Stall()]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _fit_command(run_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(TINY), "--run-dir", str(run_dir), *RESUME_OVERRIDES, *extra]
+
+
+def _semrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = "import sys; from semrec.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _metrics(run_dir: Path) -> dict[str, float]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
+    env = {**os.environ, "SEMREC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _semrec(_fit_command(straight), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ready = tmp_path / "stalled"
+    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *_fit_command(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "training never reached the kill step"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()
+    step_ckpt = torch.load(killed / "checkpoints" / "step.ckpt", weights_only=False)
+    assert step_ckpt["global_step"] == 20  # the newest step checkpoint: mid-epoch
+    assert not [p for p in (killed / "checkpoints").iterdir() if p.suffix == ".tmp"]
+
+    resumed = _semrec([*_fit_command(killed), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    assert _metrics(killed) == _metrics(straight)
+    a = load_file(str(straight / "adapter" / WEIGHTS_FILE))
+    b = load_file(str(killed / "adapter" / WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # a resumed run whose training config differs is refused, naming the keys
+    refused = _semrec([*_fit_command(killed), "train.lr=0.01", "--resume"], env)
+    assert refused.returncode == 2
+    assert "train.lr: 0.003 -> 0.01" in refused.stderr
+
+
+def test_resume_without_checkpoints_is_refused(tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", str(TINY), "--run-dir", str(tmp_path / "r"), "--resume"]
+    assert main(args) == 2
+    assert "no training checkpoint to resume from" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- seeds
+
+
+def _short_run(run_dir: Path, *overrides: str) -> dict[str, float]:
+    config = load_config(TINY, ["train.epochs=10", *overrides])
+    return Run(config, run_dir, echo=lambda _: None).fit()
+
+
+def test_the_same_seed_gives_the_same_sids_and_metrics(tmp_path: Path) -> None:
+    first = _short_run(tmp_path / "a")
+    second = _short_run(tmp_path / "b")
+    index = "tokenizer/index.json"
+    assert (tmp_path / "a" / index).read_bytes() == (tmp_path / "b" / index).read_bytes()
+    drop = ("time/",)
+    assert {k: v for k, v in first.items() if not k.startswith(drop)} == {
+        k: v for k, v in second.items() if not k.startswith(drop)
+    }
+
+
+def test_a_tokenizers_own_seed_wins_over_the_run_seed(tmp_path: Path) -> None:
+    def sids(*overrides: str) -> list[str]:
+        config = load_config(TINY, ["tokenizer.params.kmeans_iters=3", *overrides])
+        return Run(
+            config, tmp_path / "_".join(overrides), echo=lambda _: None
+        ).tokenizer.sid_strings()
+
+    own = sids("seed=1", "tokenizer.params.seed=7")
+    assert own == sids("seed=2", "tokenizer.params.seed=7")  # run seed ignored
+    assert own == sids("seed=7")  # the same as the run seed 7
+    assert own != sids("seed=1")
+
+
+# ---------------------------------------------------------------------------- eval.task
+
+
+def test_an_eval_task_whose_prompt_holds_the_target_is_refused() -> None:
+    with pytest.raises(ConfigError, match="eval.task: 'ite_intention' cannot be evaluated"):
+        load_config(TINY, ["eval.task=ite_intention"])
+
+
+# ---------------------------------------------------------------------------- mask_history
+
+
+def test_seen_items_are_the_uncapped_history_before_each_target() -> None:
+    from semrec.data import leave_one_out
+    from semrec.data.synthetic import load_synthetic
+
+    dataset = load_synthetic()
+    split = leave_one_out(dataset, max_history=2)
+    sequence = dataset.sequences()[0].tolist()
+    valid = next(ex for ex in split.valid if ex.user == 0)
+    test = next(ex for ex in split.test if ex.user == 0)
+    assert len(valid.history) == 2 < len(sequence) - 2  # the prompt history is capped
+    assert split.seen_items(valid, "valid") == sequence[:-2]
+    assert split.seen_items(test, "test") == sequence[:-1]
+
+
+def test_popularity_with_masking_skips_each_users_items() -> None:
+    import numpy as np
+
+    from semrec.data.split import Example, Split
+    from semrec.evaluation.popularity import evaluate_popularity
+
+    # item 0 is the most popular, then 1, 2, 3; the user already has item 0
+    sequences = [np.array([0, 0, 0, 1, 1, 2])]
+    split = Split([], [], [], num_items=4, num_users=1, train_sequences=sequences)
+    examples = [Example(0, (0,), 1)]
+    plain = evaluate_popularity(split, examples, [1])
+    masked = evaluate_popularity(split, examples, [1], exclude=[[0]])
+    assert plain["hr@1"] == 0.0 and masked["hr@1"] == 1.0
