@@ -154,8 +154,10 @@ class EvalConfig(_Section):
     # the report then also shows the beam-search metrics and what beam search loses
     exact_ranking: bool = False
     exact_max_items: int = Field(5000, ge=1)  # refuse exact ranking above this catalogue size
-    # precision of validation/test decoding: auto = fp32 (exact; on these CPUs bf16 decoding
-    # was not faster, see README), or 32 / bf16 (autocast)
+    # precision of validation/test decoding: auto = fp32, or 32 / bf16 (autocast). bf16 decodes
+    # ~1.5x faster on an AMX CPU, but its coarse logits tie at the beam cut and change the
+    # top-10 (4 of 8 SmolLM2 prompts matched fp32); metrics would also depend on the machine
+    # and then on whether it has AMX
     precision: Literal["auto", "32", "bf16"] = "auto"
     token_understanding: TokenUnderstandingConfig = TokenUnderstandingConfig()
 

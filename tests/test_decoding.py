@@ -565,6 +565,10 @@ def _perturb_adapters(model: torch.nn.Module) -> None:
     model.eval()
 
 
+# peft 0.21 (PeftModel.__init__) reads transformers 5.x's deprecated is_gradient_checkpointing.
+@pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning:transformers"
+)
 @pytest.mark.parametrize("variant", list(peft_variants()))
 def test_sid_rows_only_equals_full_head(variant):
     model = peft_variants()[variant]()
@@ -606,6 +610,18 @@ def test_bf16_autocast_differs_from_fp32_by_rounding_only(mode):
     assert_scores_equal_recompute(result, fp32, atol=0.25)
     with pytest.raises(AssertionError):  # but bf16 is not fp32
         assert_scores_equal_recompute(result, fp32, atol=1e-3)
+
+
+def test_fp32_decoding_inside_an_outer_bf16_autocast_stays_fp32():
+    """Lightning's bf16-mixed training validates under autocast; eval.precision=32 wins."""
+    ids, mask = PADDED_PROMPTS
+    trie = SIDTrie.from_sequences(MIXED_CATALOG, vocab_size=VOCAB)
+    n_items = len(MIXED_CATALOG)
+    decoder = ConstrainedBeamSearch(num_beams=n_items, score_mode="full_vocab")
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        inside = decoder.search(tiny_model(), trie, ids, mask, top_k=n_items)
+    fp32 = exact_item_scores(tiny_model(), trie, ids, mask, score_mode="full_vocab")
+    assert_scores_equal_recompute(inside, fp32, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- generate() adapter

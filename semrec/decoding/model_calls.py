@@ -185,14 +185,17 @@ def child_log_probs(
 
 @contextlib.contextmanager
 def eval_context(model: nn.Module, device: torch.device, dtype: torch.dtype | None):
-    """Eval mode, no grad and (if ``dtype``) autocast for the block; training mode restored."""
+    """Eval mode, no grad and autocast to ``dtype`` for the block; training mode restored.
+
+    ``dtype=None`` turns autocast OFF, so decoding runs in the weights' precision even inside
+    an outer autocast (Lightning's ``bf16-mixed`` training validates under one).
+    """
     was_training = model.training
     model.eval()
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=dtype)
-        if dtype is not None
-        else contextlib.nullcontext()
-    )
+    if dtype is None:
+        autocast = torch.autocast(device_type=device.type, enabled=False)
+    else:
+        autocast = torch.autocast(device_type=device.type, dtype=dtype)
     try:
         with torch.no_grad(), autocast:
             yield

@@ -191,14 +191,6 @@ class SIDTrie:
             nodes = self.step(nodes, token_rows[:, t])
         return nodes
 
-    def path_tokens(self, nodes: torch.Tensor, depth: int) -> torch.Tensor:
-        """Tokens ``[N, depth]`` spelling each of ``nodes`` (all at depth ``depth``) from the root."""
-        out = torch.empty(len(nodes), depth, dtype=torch.long, device=nodes.device)
-        for d in reversed(range(depth)):  # loop over depth, not nodes
-            out[:, d] = self.node_token[nodes]
-            nodes = self.node_parent[nodes]
-        return out
-
     def to(self, device: torch.device | str) -> SIDTrie:
         """This trie with its tables on ``device`` (self if already there)."""
         device = torch.device(device)

@@ -46,7 +46,10 @@ class GenRecModule(L.LightningModule):
         exact_ranker: Any | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
+        # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's
+        # mode: without this, LoRA dropout never ran during training (decoding sets eval
+        # mode itself and restores it)
+        self.model = model.train()
         self.decoder = decoder
         self.exact_ranker = exact_ranker
         self.trie = trie
