@@ -108,20 +108,25 @@ class Run:
     def stages_file(self) -> Path:
         return self.run_dir / "stages.json"
 
-    def _stored_config(self) -> ExperimentConfig:
-        """The config the run directory was made with; refuses model/training overrides."""
+    def _stored_config(
+        self, keys: tuple[str, ...] = MODEL_KEYS, refusal: str | None = None, advice: str = ""
+    ) -> ExperimentConfig:
+        """The config the run directory was made with; refuses if ``self.config`` differs
+        from it in ``keys`` (default: a read-only run's tokenizer/model/training keys)."""
         stored_file = self.run_dir / "config.yaml"
         if not stored_file.is_file():
             raise RunError(f"{self.run_dir} has no config.yaml: not a semrec run directory")
         stored = load_config(stored_file)
-        diff = config_diff(stored, self.config, MODEL_KEYS)
+        diff = config_diff(stored, self.config, keys)
         if diff:
-            raise RunError(
+            refusal = refusal or (
                 f"semrec test only evaluates; these overrides would change what {self.run_dir} "
-                "was trained with (tokenizer, model or training):\n  "
-                + "\n  ".join(diff)
-                + "\nnothing was written; run `semrec fit` with them into a new --run-dir"
+                "was trained with (tokenizer, model or training)"
             )
+            advice = (
+                advice or "nothing was written; run `semrec fit` with them into a new --run-dir"
+            )
+            raise RunError(f"{refusal}:\n  " + "\n  ".join(diff) + f"\n{advice}")
         return stored
 
     def _check_writable(self) -> None:
@@ -629,15 +634,13 @@ class Run:
                 f"(looked for {self.run_dir / CHECKPOINTS}/*.ckpt); run `semrec fit` without "
                 "--resume"
             )
-        stored = load_config(stored_file)
-        diff = config_diff(stored, self.config)
-        if diff:
-            raise RunError(
-                f"--resume: the config differs from the one {self.run_dir} was trained with, in "
-                "keys that change training:\n  " + "\n  ".join(diff) + "\nresume with the "
-                "stored config (semrec fit --config " + str(stored_file) + " --resume) or start "
-                "a new run"
-            )
+        self._stored_config(
+            TRAINING_KEYS,
+            refusal=f"--resume: the config differs from the one {self.run_dir} was trained "
+            "with, in keys that change training",
+            advice=f"resume with the stored config (semrec fit --config {stored_file} --resume) "
+            "or start a new run",
+        )
         return candidates[-1]
 
     def train(self, allow_training: bool = True, resume_from: Path | None = None):

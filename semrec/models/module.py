@@ -92,15 +92,18 @@ class GenRecModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = self._trainable_names()
         checkpoint["state_dict"] = {
             n: t for n, t in checkpoint["state_dict"].items() if n in trainable
         }
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = self._trainable_names()
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
             raise RuntimeError(
