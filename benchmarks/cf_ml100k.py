@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 from semrec.data import leave_one_out, load_dataset  # noqa: E402
 from semrec.evaluation.baselines import BASELINES  # noqa: E402
@@ -38,16 +38,6 @@ RECBOLE = {  # RecBole 1.2.1 on this split (see /work/shared/DESIGN.md)
     "sasrec": {"hr@10": 0.125, "ndcg@10": 0.060},
     "gru4rec": {"hr@10": 0.121, "ndcg@10": 0.063},
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def echo(line: str) -> None:

@@ -2,7 +2,8 @@
 
 Every stage writes through :func:`atomic_write` / :func:`atomic_dir` so an interrupted or
 failing stage never leaves a half-written artifact behind: files are written to a
-temporary sibling and renamed into place only once complete.
+temporary sibling and renamed into place only once complete. Cached embedding tables
+go through :func:`read_cached_tensor` / :func:`write_cached_tensor`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch loads only with the tensor cache, not with every import of this
+    import torch
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -81,3 +88,43 @@ def write_json(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def read_cached_tensor(path: str | Path, rows: int) -> torch.Tensor | None:
+    """The finite 2-D tensor with ``rows`` rows stored at ``path``, else ``None``.
+
+    ``None`` also for a file that is unreadable, has another shape or holds NaN / inf
+    (logged as a warning): the caller recomputes and replaces it.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        cached = load_file(str(path))["embeddings"]
+        if cached.ndim != 2 or cached.shape[0] != rows:
+            log.warning(
+                "%s holds %s embeddings for %d rows; recomputing", path, tuple(cached.shape), rows
+            )
+            return None
+        if not bool(torch.isfinite(cached).all()):
+            raise ValueError("holds NaN or inf values")
+        return cached
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        log.warning("%s is unreadable (%s); recomputing", path, err)
+        return None
+
+
+def write_cached_tensor(path: str | Path, tensor: torch.Tensor, key: Any) -> None:
+    """Store ``tensor`` at ``path`` (atomically) with its JSON cache ``key`` as metadata."""
+    from safetensors.torch import save as safetensors_bytes
+
+    payload = safetensors_bytes(
+        {"embeddings": tensor.contiguous()},
+        metadata={"cache_key": json.dumps(key, sort_keys=True, default=str)},
+    )
+    with atomic_write(path, "wb") as fh:
+        fh.write(payload)

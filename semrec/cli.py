@@ -16,6 +16,7 @@ EPILOG = """examples:
   semrec annotate --config experiments/lcrec_ml100k.yaml --kind preference
   semrec annotate --config experiments/tsrec_ml100k.yaml --kind token_semantics
   semrec fit --config experiments/quickstart.yaml --resume   # after a crash
+  semrec fit --config experiments/ml100k_scratch.yaml --seeds 0,1,2
   semrec test --run runs/quickstart
   semrec test --run runs/quickstart eval.max_test_users=null eval.exact_ranking=true
 """
@@ -45,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue an interrupted training from run_dir/checkpoints (same config)",
     )
+    fit.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="run the config once per seed (e.g. 0,1,2) into run_dir/seed-<n>/ and write "
+        "seeds.md / seeds.json (mean ± std over seeds) in run_dir",
+    )
     add("tokenize", "fit only the item tokenizer and print its statistics")
     annotate = add(
         "annotate",
@@ -61,6 +68,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     test.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     return parser
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: expected integers like 0,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give distinct integers like 0,1,2")
+    return seeds
+
+
+def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> dict:
+    """``semrec fit --seeds``: one run per seed, then the mean ± std table over seeds."""
+    from semrec.artifacts import atomic_write, write_json
+    from semrec.evaluation.seeds import seed_summary, seeds_table
+    from semrec.pipeline import Run
+
+    base = Path(run_dir) if run_dir is not None else config.resolved_run_dir()
+    per_seed = {}
+    for seed in seeds:
+        print(f"[seeds] seed {seed} -> {base / f'seed-{seed}'}")
+        seeded = config.model_copy(update={"seed": seed})
+        per_seed[seed] = Run(seeded, base / f"seed-{seed}").fit(resume=resume)
+    summary = seed_summary(per_seed)
+    write_json(base / "seeds.json", {"seeds": seeds, "metrics": summary})
+    table = seeds_table(summary, config.eval.ks, seeds)
+    with atomic_write(base / "seeds.md") as fh:
+        fh.write(table + "\n")
+    print(table)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             run.write_report(run.test())
             return 0
         config = load_config(args.config, args.overrides)
+        if args.command == "fit" and args.seeds:
+            fit_seeds(config, args.run_dir, args.seeds, args.resume)
+            return 0
         run = Run(config, args.run_dir)
         if args.command == "annotate":
             run.annotate(args.kind)

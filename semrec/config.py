@@ -56,6 +56,16 @@ class EncoderConfig(ComponentConfig):
     name: str = "sentence_transformer"
 
 
+class EmbedderConfig(ComponentConfig):
+    """The item embedder (``ITEM_EMBEDDERS``) whose vectors the tokenizer quantises.
+
+    ``text`` (default) encodes the item texts with the ``encoder:`` section's encoder;
+    ``cooccurrence``, ``sasrec`` and ``gru4rec`` learn from the training interactions only.
+    """
+
+    name: str = "text"
+
+
 class TokenizerConfig(ComponentConfig):
     name: str = "rqkmeans"
 
@@ -87,8 +97,25 @@ class SemanticInitConfig(_Section):
     depth: int | None = Field(None, ge=1)
 
 
+class ScratchConfig(_Section):
+    """Sizes of ``model.backbone: scratch``: a LLaMA-architecture LM trained from random init."""
+
+    layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
 class ModelConfig(_Section):
+    # embedded | tiny | scratch | a hub id | a local directory or .gguf file
     backbone: str = "embedded"
+    # text: tasks' instructions through the chat (or plain) template; compact: the bare SID
+    # tokens of the history, a separator and the target (semrec.data.compact; scratch only)
+    prompt_format: Literal["text", "compact"] = "text"
+    scratch: ScratchConfig = ScratchConfig()
+    # compact format: training targets per window of one user's sequence (speed only)
+    compact_window: int = Field(64, ge=1)
     quantization: Literal["nf4", "fp4"] | None = None
     embedding_init: Literal["mean_resizing", "mean", "random"] = "mean_resizing"
     semantic_init: SemanticInitConfig = SemanticInitConfig()
@@ -116,6 +143,8 @@ class TrainConfig(_Section):
     check_val_every_n_epoch: int = Field(1, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
+    # batches of similar-length items (less padding); every item still once per epoch
+    bucket_by_length: bool = True
     num_threads: int | None = None
     # full Lightning checkpoints (optimizer, scheduler, step, RNG, data position) for
     # `semrec fit --resume`, under run_dir/checkpoints/: every this many optimizer steps and
@@ -146,7 +175,11 @@ class EvalConfig(_Section):
     score_mode: Literal["full_vocab", "renormalized"] = "full_vocab"
     max_valid_users: int | None = Field(None, ge=1)
     max_test_users: int | None = Field(None, ge=1)
-    baselines: list[Literal["popularity"]] = ["popularity"]
+    # BASELINES registry entries (popularity, sasrec, gru4rec) trained and ranked on the same
+    # split and protocol; baseline_params[name] goes to its constructor (the run seed is the
+    # default seed). Fitted models are cached (cache_dir()/cf).
+    baselines: list[str] = ["popularity"]
+    baseline_params: dict[str, dict[str, Any]] = {}
     # exclude each user's history items from the ranking (the LLM's beams and popularity);
     # off by default, as for RecBole's sequential models
     mask_history: bool = False
@@ -211,6 +244,7 @@ class ExperimentConfig(_Section):
     seed: int = 42
     dataset: DatasetConfig = DatasetConfig()
     encoder: EncoderConfig = EncoderConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     tasks: list[TaskConfig] = [TaskConfig()]
@@ -223,11 +257,30 @@ class ExperimentConfig(_Section):
 
     def check_components(self) -> None:
         """Check registry names and their ``params`` against the registered constructors."""
+        from semrec.embedders import ITEM_EMBEDDERS
+        from semrec.evaluation.baselines import BASELINES
         from semrec.tasks import TASKS
         from semrec.text.encoders import TEXT_ENCODERS
         from semrec.tokenizers import TOKENIZERS
 
         _check_component("encoder", self.encoder, TEXT_ENCODERS)
+        if self.embedder.name == "text" and self.embedder.params:
+            raise ConfigError(
+                "embedder.params: the text embedder takes its encoder from the encoder: "
+                "section (encoder.name, encoder.params); leave embedder.params empty"
+            )
+        _check_component("embedder", self.embedder, ITEM_EMBEDDERS)
+        for name in self.eval.baselines:
+            params = self.eval.baseline_params.get(name, {})
+            _check_component(
+                f"eval.baselines[{name}]", ComponentConfig(name=name, params=params), BASELINES
+            )
+        unused = sorted(set(self.eval.baseline_params) - set(self.eval.baselines))
+        if unused:
+            raise ConfigError(
+                f"eval.baseline_params: {unused} are not in eval.baselines {self.eval.baselines}"
+            )
+        self._check_prompt_format()
         _check_component("tokenizer", self.tokenizer, TOKENIZERS)
         for i, task in enumerate(self.tasks):
             _check_component(f"tasks[{i}]", task, TASKS)
@@ -242,6 +295,49 @@ class ExperimentConfig(_Section):
                 "prompts contain the answer; evaluate with a task whose prompt holds only the "
                 "history, such as 'seq' (train with it all the same)"
             )
+        self._check_beams()
+
+    def _check_prompt_format(self) -> None:
+        """``scratch`` and ``compact`` go together: a scratch model reads no natural text."""
+        model = self.model
+        scratch, compact = model.backbone == "scratch", model.prompt_format == "compact"
+        if scratch and not compact:
+            raise ConfigError(
+                "model.prompt_format: the scratch backbone has no text vocabulary; set "
+                "model.prompt_format: compact"
+            )
+        if compact and not scratch:
+            raise ConfigError(
+                f"model.prompt_format: compact is the scratch backbone's format; "
+                f"{model.backbone!r} reads text prompts (model.prompt_format: text)"
+            )
+        if not scratch:
+            return
+        problems = {
+            "model.lora.enabled": "the scratch backbone trains every weight; set it to false"
+            if model.lora.enabled
+            else None,
+            "model.quantization": "the scratch backbone is not quantised; set it to null"
+            if model.quantization
+            else None,
+            "model.semantic_init.enabled": "SA-Init needs a text vocabulary"
+            if model.semantic_init.enabled
+            else None,
+            "eval.token_understanding.enabled": "Title2SID/SID2Title need text prompts"
+            if self.eval.token_understanding.enabled
+            else None,
+        }
+        for key, problem in problems.items():
+            if problem:
+                raise ConfigError(f"{key}: {problem}")
+        other = sorted({t.name for t in self.tasks} - {"seq"} | ({self.eval.task} - {"seq"}))
+        if other:
+            raise ConfigError(
+                f"tasks: the compact format trains next-item prediction only ('seq'); "
+                f"{other} need text prompts"
+            )
+
+    def _check_beams(self) -> None:
         if max(self.eval.ks) > self.eval.num_beams:
             raise ConfigError(
                 f"eval.ks: largest k ({max(self.eval.ks)}) exceeds eval.num_beams "
@@ -260,6 +356,7 @@ TOKENIZER_KEYS = (
     "dataset.kcore",
     "dataset.text",
     "encoder",
+    "embedder",
     "tokenizer",
 )
 TRAINING_KEYS = (
@@ -329,14 +426,18 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
         factory = registry.get(cfg.name)
     except KeyError as err:
         raise ConfigError(f"{where}.name: {err}") from None
-    signature = inspect.signature(factory)
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        return
-    accepted = [
-        n
-        for n, p in signature.parameters.items()
-        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")
-    ]
+    names = getattr(factory, "parameter_names", None)  # constructors passing **kwargs on
+    if callable(names):
+        accepted = list(names())
+    else:
+        signature = inspect.signature(factory)
+        if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return
+        accepted = [
+            n
+            for n, p in signature.parameters.items()
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")
+        ]
     for key in cfg.params:
         if key not in accepted:
             raise ConfigError(

@@ -46,9 +46,10 @@ from semrec.config import (
     load_config,
 )
 from semrec.data import RecDataset, Split, kcore_filter, leave_one_out, load_dataset
+from semrec.data.compact import CompactSequences
 from semrec.data.datamodule import GenRecDataModule
+from semrec.data.task_pairs import TaskPairs
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
-from semrec.evaluation.popularity import evaluate_popularity
 from semrec.evaluation.report import metrics_table
 from semrec.known_warnings import hide_known_warnings
 from semrec.models.prompting import PromptFormatter
@@ -212,8 +213,13 @@ class Run:
     # ------------------------------------------------------------------ tokenizer
 
     def _tokenizer_fingerprint(self) -> str:
-        # only what changes the items or their text; history length etc. do not
-        return content_hash("tokenizer", config_section(self._stage_config, TOKENIZER_KEYS))
+        # what changes the items, their text or the embedder; a CF embedder also reads the
+        # training examples (history length etc.), which its data fingerprint covers
+        data = None
+        if self.config.tokenizer.name != "precomputed" and self.embedder.uses_interactions:
+            d = self.data
+            data = self.embedder.data_fingerprint(d.dataset, d.split, d.item_texts)
+        return content_hash("tokenizer", config_section(self._stage_config, TOKENIZER_KEYS), data)
 
     def _new_tokenizer(self) -> ItemTokenizer:
         cfg = self.config.tokenizer
@@ -228,15 +234,39 @@ class Run:
             params["index"] = sids
         return TOKENIZERS.get(cfg.name)(**params)
 
+    @cached_property
+    def embedder(self):
+        """The configured item embedder (``embedder:``); ``text`` uses the ``encoder:`` section."""
+        from semrec.cf import SequentialRecommender
+        from semrec.embedders import ITEM_EMBEDDERS, RecommenderEmbedder, TextEmbedder
+        from semrec.text.encoders import build_text_encoder
+
+        cfg = self.config.embedder
+        if cfg.name == "text":
+            encoder = self.config.encoder
+            return TextEmbedder(build_text_encoder(encoder.name, **encoder.params))
+        factory = ITEM_EMBEDDERS.get(cfg.name)
+        params = dict(cfg.params)
+        if issubclass(factory, RecommenderEmbedder) and issubclass(
+            factory.recommender, SequentialRecommender
+        ):
+            params.setdefault("seed", self.config.seed)
+        return factory(**params)
+
     def item_embeddings(self) -> torch.Tensor:
-        from semrec.text.encoders import build_text_encoder, encode_cached
+        from semrec.embedders import embed_cached
 
         start = time.perf_counter()
-        cfg = self.config.encoder
-        encoder = build_text_encoder(cfg.name, **cfg.params)
-        embeddings = encode_cached(encoder, self.data.item_texts)
-        self._timed("encode", start)
-        self.echo(f"[encode] {cfg.name}: {tuple(embeddings.shape)} item embeddings")
+        data = self.data
+        embeddings = embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
+        self._timed("embed", start)
+        name = self.config.embedder.name
+        source = f"{name} ({self.config.encoder.name})" if name == "text" else name
+        cold = getattr(self.embedder, "cold_items", None)
+        self.echo(
+            f"[embed] {source}: {tuple(embeddings.shape)} item embeddings"
+            + (f"; {cold} items without train interactions" if cold else "")
+        )
         return embeddings
 
     @cached_property
@@ -279,17 +309,22 @@ class Run:
     def build_model(self):
         """Backbone + SID tokens + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
         from semrec.models.adapters import apply_lora, count_parameters
-        from semrec.models.backbone import load_backbone
+        from semrec.models.backbone import load_backbone, scratch_backbone
         from semrec.models.vocabulary import add_sid_tokens
 
         cfg = self.config.model
         start = time.perf_counter()
-        model, hf_tokenizer = load_backbone(
-            cfg.backbone,
-            quantization=cfg.quantization,
-            tiny_hidden_size=cfg.tiny_hidden_size,
-            seed=self.config.seed,
-        )
+        if cfg.backbone == "scratch":
+            model, hf_tokenizer = scratch_backbone(
+                self.tokenizer.token_strings(), **cfg.scratch.model_dump(), seed=self.config.seed
+            )
+        else:
+            model, hf_tokenizer = load_backbone(
+                cfg.backbone,
+                quantization=cfg.quantization,
+                tiny_hidden_size=cfg.tiny_hidden_size,
+                seed=self.config.seed,
+            )
         sid_ids = add_sid_tokens(
             model,
             hf_tokenizer,
@@ -533,6 +568,40 @@ class Run:
     # ------------------------------------------------------------------ training data
 
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
+        cfg = self.config
+        split = self.data.split
+        training = (
+            self._compact_sequences(hf_tokenizer)
+            if cfg.model.prompt_format == "compact"
+            else self._task_pairs(hf_tokenizer)
+        )
+        return GenRecDataModule(
+            training,
+            split,
+            batch_size=cfg.train.batch_size,
+            eval_batch_size=cfg.eval.batch_size,
+            max_valid_users=cfg.eval.max_valid_users,
+            max_test_users=cfg.eval.max_test_users,
+            mask_history=cfg.eval.mask_history,
+            bucket_by_length=cfg.train.bucket_by_length,
+            seed=cfg.seed,
+        )
+
+    def _compact_sequences(self, hf_tokenizer) -> CompactSequences:
+        tokens = self.tokenizer
+        return CompactSequences(
+            self.data.split,
+            [
+                hf_tokenizer.convert_tokens_to_ids(tokens.item_tokens(i))
+                for i in range(tokens.n_items)
+            ],
+            sep_id=hf_tokenizer.sep_token_id,
+            pad_id=hf_tokenizer.pad_token_id,
+            max_history=self.config.dataset.max_history,
+            window_items=self.config.model.compact_window,
+        )
+
+    def _task_pairs(self, hf_tokenizer) -> TaskPairs:
         data = self.data
         tasks = self.tasks
         ctx = TaskContext(
@@ -556,19 +625,13 @@ class Run:
                 f"eval.task: {eval_name!r} does not recommend items (its response is not a "
                 "SID); use a recommendation task such as 'seq'"
             )
-        cfg = self.config
-        return GenRecDataModule(
+        return TaskPairs(
             ctx,
             tasks,
             eval_task,
             self.formatter(hf_tokenizer),
-            batch_size=cfg.train.batch_size,
-            eval_batch_size=cfg.eval.batch_size,
-            max_train_samples=cfg.train.max_train_samples,
-            max_valid_users=cfg.eval.max_valid_users,
-            max_test_users=cfg.eval.max_test_users,
-            mask_history=cfg.eval.mask_history,
-            seed=cfg.seed,
+            max_train_samples=self.config.train.max_train_samples,
+            seed=self.config.seed,
         )
 
     @cached_property
@@ -657,6 +720,7 @@ class Run:
             load_trained_weights,
         )
         from semrec.models.module import GenRecModule
+        from semrec.models.speed import TrainingSpeed
 
         cfg = self.config
         model, hf_tokenizer, _ = self.build_model()
@@ -696,9 +760,9 @@ class Run:
             self.echo("[train] skipped (train.epochs: 0): evaluating the untrained model")
             return module, datamodule, hf_tokenizer
 
-        samples = len(datamodule.epoch_samples(0))
+        samples = datamodule.training.examples_per_epoch(0)
         self.echo(
-            f"[train] {samples} training pairs per epoch"
+            f"[train] {samples} training examples per epoch"
             + (
                 f" (capped by train.max_train_samples={cfg.train.max_train_samples})"
                 if cfg.train.max_train_samples
@@ -711,7 +775,11 @@ class Run:
             self.echo(f"[train] resuming from {resume_from}")
         monitor = f"val/ndcg@{max(cfg.eval.ks)}"
         checkpoint = BestAdapterCheckpoint(adapter_dir, monitor=monitor)
-        callbacks: list[Any] = [checkpoint, *_resume_checkpoints(checkpoints, cfg.train)]
+        callbacks: list[Any] = [
+            checkpoint,
+            *_resume_checkpoints(checkpoints, cfg.train),
+            TrainingSpeed(self.echo),
+        ]
         if cfg.train.early_stopping_patience:
             callbacks.append(
                 L.pytorch.callbacks.EarlyStopping(
@@ -787,16 +855,46 @@ class Run:
                 metrics[f"valid/{name}"] = value
         if cfg.eval.token_understanding.enabled:
             metrics.update(self.token_understanding(module.model, trained_tokenizer))
-        if "popularity" in cfg.eval.baselines:
-            split = self.data.split
-            for part, examples in (
-                ("test", datamodule.test_examples),
-                ("valid", datamodule.valid_examples),
-            ):
-                exclude = datamodule.excluded_items(part)
-                scores = evaluate_popularity(split, examples, cfg.eval.ks, exclude)
-                for name, value in scores.items():
-                    metrics[f"popularity/{part}/{name}"] = value
+        metrics.update(self.baseline_metrics(datamodule))
+        return metrics
+
+    def baseline_metrics(self, datamodule: GenRecDataModule) -> dict[str, float]:
+        """``eval.baselines`` on the same valid/test users: ``{name}/{part}/{metric}``.
+
+        Learned baselines (SASRec, GRU4Rec) are fitted on the split, or reused from the
+        cache of fitted models (``cache_dir()/cf``); their seed defaults to the run's.
+        """
+        from semrec.cf import SequentialRecommender, fit_cached
+        from semrec.evaluation.baselines import BASELINES
+
+        cfg = self.config.eval
+        split = self.data.split
+        examples = {"test": datamodule.test_examples, "valid": datamodule.valid_examples}
+        exclude = {part: datamodule.excluded_items(part) for part in examples}
+        metrics: dict[str, float] = {}
+        for name in cfg.baselines:
+            factory = BASELINES.get(name)
+            params = dict(cfg.baseline_params.get(name, {}))
+            learned = isinstance(factory, type) and issubclass(factory, SequentialRecommender)
+            if learned:
+                params.setdefault("seed", self.config.seed)
+            baseline = factory(**params)
+            start = time.perf_counter()
+            if isinstance(baseline, SequentialRecommender):
+                fit_cached(baseline, split)
+                stopped = (
+                    f"stopped early (best epoch {baseline.best_epoch})"
+                    if baseline.epochs_run < baseline.max_epochs
+                    else f"reached its max_epochs cap (best epoch {baseline.best_epoch})"
+                )
+                self.echo(
+                    f"[baselines] {name}: {baseline.epochs_run} epochs, {stopped}; "
+                    + ("reused from the cache, " if baseline.from_cache else "")
+                    + f"fitted in {baseline.fit_seconds:.0f} s"
+                )
+            scores = baseline.evaluate(split, examples, cfg.ks, exclude)
+            self._timed(f"baseline_{name}", start)
+            metrics.update({f"{name}/{key}": value for key, value in scores.items()})
         return metrics
 
     def token_understanding(self, model, hf_tokenizer) -> dict[str, float]:

@@ -13,6 +13,12 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def did_you_mean(name: str, options: list[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'a', 'b'?"`` for the options closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, options, n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
 class UnknownComponentError(KeyError):
     """A config named a component that is not registered."""
 
@@ -56,10 +62,9 @@ class Registry(Generic[T]):
                     f"{self.kind} {name!r} is not implemented yet ({self._planned[name]}); "
                     f"available: {', '.join(self.names())}"
                 ) from None
-            close = difflib.get_close_matches(name, list(self._entries), n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}{hint} (registered: {', '.join(sorted(self._entries))})"
+                f"unknown {self.kind} {name!r}{did_you_mean(name, list(self._entries))} "
+                f"(registered: {', '.join(sorted(self._entries))})"
             ) from None
 
     def names(self) -> list[str]:

@@ -186,5 +186,5 @@ def test_annotate_then_fit_with_the_preference_task(tmp_path, capsys):
     run = Run(config, run_dir, echo=lines.append)
     metrics = run.fit()
     # 240 SEQ pairs + one preference pair per user
-    assert any("288 training pairs" in line for line in lines)
+    assert any("288 training examples" in line for line in lines)
     assert metrics["test/invalid_rate"] == 0.0

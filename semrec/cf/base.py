@@ -20,22 +20,30 @@ on the valid users every ``eval_every`` epochs, and early stopping once more tha
 ``patience`` evaluations in a row score below the best; the best weights are kept.
 ``fit`` seeds everything it draws (initialisation, dropout, example order) from ``seed``
 and restores torch's global RNG, thread count and determinism settings afterwards.
+``save`` / ``load`` keep a fitted model on disk (:func:`semrec.cf.cache.fit_cached` uses
+them to reuse a fit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import inspect
+import json
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from semrec.artifacts import atomic_dir, read_json, write_json
 from semrec.data.split import Example, Split
 from semrec.evaluation.metrics import TopKRankingMetrics
 
@@ -43,6 +51,12 @@ PADDING = 0
 """Row of the padding item in every network's embedding table; item ``i`` is row ``i + 1``."""
 
 DEFAULT_KS = (1, 5, 10)
+
+RESULT_NEUTRAL = frozenset({"echo", "num_threads", "eval_batch_size"})
+"""Constructor arguments that change only speed or logging, never the fitted model."""
+
+WEIGHTS_FILE = "network.pt"
+FIT_RECORD_FILE = "fit.json"
 
 
 class SequenceNetwork(nn.Module, ABC):
@@ -205,10 +219,38 @@ class SequentialRecommender(ABC):
         self.best_epoch = 0
         self.epochs_run = 0
         self.fit_seconds = 0.0
+        self.from_cache = False  # set by semrec.cf.fit_cached
 
     @abstractmethod
     def build_network(self, num_items: int, max_history: int) -> SequenceNetwork:
         """A freshly initialised network for ``num_items`` items and histories up to ``max_history``."""
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """Every keyword the constructor accepts, the subclass's first, then the base's."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for name, parameter in inspect.signature(init).parameters.items():
+                named = parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                if named and name != "self" and name not in names:
+                    names.append(name)
+        return names
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments that change the fitted model, as stored on ``self``.
+
+        Everything but :data:`RESULT_NEUTRAL` (``echo``, ``num_threads``,
+        ``eval_batch_size``); subclasses need no override as long as they store each
+        argument under its own name.
+        """
+        return {
+            name: getattr(self, name)
+            for name in self.parameter_names()
+            if name not in RESULT_NEUTRAL
+        }
 
     # ---------------------------------------------------------------- fitting
 
@@ -226,10 +268,7 @@ class SequentialRecommender(ABC):
             raise ValueError("split.train is empty: nothing to fit on")
         if not split.valid:
             raise ValueError("split.valid is empty: early stopping needs valid examples")
-        # Only the histories' lengths (the split's cap) are read from valid / test here.
-        self.history_length = self.max_history or max(
-            len(ex.history) for part in (split.train, split.valid, split.test) for ex in part
-        )
+        self.history_length = self.history_length_for(split)
         self.num_items = split.num_items
         start = time.perf_counter()
         with _training_environment(self.seed, self.num_threads) as generator:
@@ -237,6 +276,15 @@ class SequentialRecommender(ABC):
             self._train(split, generator)
         self.fit_seconds = time.perf_counter() - start
         return self
+
+    def history_length_for(self, split: Split) -> int:
+        """The positional range a fit on ``split`` uses: ``max_history``, else the longest history.
+
+        Only the histories' lengths (the split's cap) are read from valid / test here.
+        """
+        return self.max_history or max(
+            len(ex.history) for part in (split.train, split.valid, split.test) for ex in part
+        )
 
     def _train(self, split: Split, generator: torch.Generator) -> None:
         network = self._require_network()
@@ -286,6 +334,59 @@ class SequentialRecommender(ABC):
         if best_state is not None:
             network.load_state_dict(best_state)
         network.eval()
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> None:
+        """Write the fitted model to ``directory`` (replaced atomically).
+
+        ``network.pt`` holds the network's ``state_dict``; ``fit.json`` the class, the
+        :meth:`hyperparameters`, ``num_items``, ``history_length``, ``best_epoch``,
+        ``epochs_run``, ``fit_seconds`` and the validations.
+        """
+        network = self._require_network()
+        record = {
+            "class": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "num_items": self.num_items,
+            "history_length": self.history_length,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "fit_seconds": self.fit_seconds,
+            "validations": [dataclasses.asdict(v) for v in self.validations],
+        }
+        with atomic_dir(directory) as tmp:
+            torch.save(network.state_dict(), tmp / WEIGHTS_FILE)
+            write_json(tmp / FIT_RECORD_FILE, record)
+
+    def load(self, directory: str | Path) -> SequentialRecommender:
+        """Restore a model written by :meth:`save` into ``self``; returns self.
+
+        The stored class and hyper-parameters must be ``self``'s (a ``ValueError`` names
+        those that differ). Torch's global RNG is left as it was.
+        """
+        directory = Path(directory)
+        record = read_json(directory / FIT_RECORD_FILE)
+        if record["class"] != type(self).__name__:
+            raise ValueError(f"{directory} holds a {record['class']}, not a {type(self).__name__}")
+        mine = json.loads(json.dumps(self.hyperparameters(), default=str))
+        stored = record["hyperparameters"]
+        differing = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
+        if differing:
+            details = ", ".join(f"{k}: {stored.get(k)!r} != {mine.get(k)!r}" for k in differing)
+            raise ValueError(f"{directory} was fitted with other hyper-parameters ({details})")
+        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        with torch.random.fork_rng(devices=[]):  # initialisation draws are overwritten anyway
+            network = self.build_network(record["num_items"], record["history_length"])
+        network.load_state_dict(state)
+        self.network = network.eval()
+        self.num_items = record["num_items"]
+        self.history_length = record["history_length"]
+        self.best_epoch = record["best_epoch"]
+        self.epochs_run = record["epochs_run"]
+        self.fit_seconds = record["fit_seconds"]
+        self.validations = [Validation(**v) for v in record["validations"]]
+        return self
 
     # -------------------------------------------------------------- inference
 

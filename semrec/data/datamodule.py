@@ -1,18 +1,46 @@
-"""The Lightning DataModule: task mixtures for training, SEQ prompts for valid/test."""
+"""The Lightning DataModule: batches of a training source, and prompts for valid/test users.
+
+What the model trains on comes from a :class:`TrainingData` source passed in:
+:class:`~semrec.data.task_pairs.TaskPairs` (instruction pairs rendered from tasks, the
+text formats) or :class:`~semrec.data.compact.CompactSequences` (bare SID tokens). The
+module shuffles each epoch's items and, with ``bucket_by_length``, groups items of similar
+length into batches (less padding); every item is in exactly one batch per epoch.
+"""
 
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Sampler
 
-from semrec.data.split import Example
-from semrec.models.prompting import PromptFormatter
-from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
+from semrec.data.split import Example, Split
+
+
+class TrainingData(Protocol):
+    """A source of training items and evaluation prompts for :class:`GenRecDataModule`."""
+
+    def epoch_items(self, epoch: int) -> Sequence[Any]:
+        """The training items of ``epoch`` (deterministic in the epoch)."""
+
+    def length(self, item: Any) -> int:
+        """Tokens in ``item`` (for length bucketing)."""
+
+    def examples_per_epoch(self, epoch: int) -> int:
+        """Training examples (prefixes or pairs) in ``epoch``."""
+
+    def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        """A training batch: ``input_ids``, ``labels`` and attention inputs."""
+
+    def eval_prompts(self, examples: list[Example]) -> list[list[int]]:
+        """Prompt token ids for evaluation examples (predict their targets)."""
+
+    def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` of prompts."""
 
 
 def subsample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -23,22 +51,54 @@ def subsample_examples(examples: list[Example], limit: int | None, seed: int) ->
     return [examples[i] for i in picked]
 
 
-class ResumableBatchSampler(BatchSampler):
-    """Sequential batches that can start mid-epoch: the data position of a resumed run.
+def epoch_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    *,
+    bucket_by_length: bool = True,
+    batches_per_bucket: int = 50,
+) -> list[list[int]]:
+    """One epoch's batches of item indices: shuffled, each index in exactly one batch.
+
+    With ``bucket_by_length`` the shuffled items are cut into groups of
+    ``batch_size * batches_per_bucket``, each group is sorted by length and cut into
+    batches, and the batches are shuffled: batches hold items of similar length (little
+    padding) while the epoch stays random.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not bucket_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    group = batch_size * batches_per_bucket
+    batches = []
+    for start in range(0, len(order), group):
+        bucket = sorted(order[start : start + group], key=lengths.__getitem__)
+        batches.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Fixed batches of one epoch that can start mid-epoch: the data position of a resumed run.
 
     ``batches_done`` (a callable: the number of batches the trainer has finished this
     epoch) is what :meth:`state_dict` stores; after :meth:`load_state_dict` the next
     iteration skips that many batches without loading them. ``len`` stays the whole epoch's.
     """
 
-    def __init__(self, n: int, batch_size: int, batches_done: Callable[[], int]) -> None:
-        super().__init__(SequentialSampler(range(n)), batch_size, drop_last=False)
+    def __init__(self, batches: list[list[int]], batches_done: Callable[[], int]) -> None:
+        self.batches = batches
         self.batches_done = batches_done
         self.skip = 0
 
+    def __len__(self) -> int:
+        return len(self.batches)
+
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0
-        return itertools.islice(super().__iter__(), skip, None)
+        return itertools.islice(iter(self.batches), skip, None)
 
 
 class ResumableDataLoader(DataLoader):
@@ -54,67 +114,59 @@ class ResumableDataLoader(DataLoader):
 
 
 class GenRecDataModule(L.LightningDataModule):
-    """Builds one epoch of instruction pairs per epoch (fresh template draws) and eval prompts.
+    """Training batches from a :class:`TrainingData` source, eval prompts for valid/test users.
 
     Training batches are dicts with ``input_ids``, ``attention_mask`` and ``labels`` (loss on
     the response only); eval batches hold left-padded prompts plus ``targets`` (item ids).
     Lightning must reload the train dataloader every epoch
-    (``reload_dataloaders_every_n_epochs=1``) so templates are re-sampled. The train
-    loader resumes mid-epoch from a Lightning checkpoint (:class:`ResumableDataLoader`).
-    With ``mask_history`` eval batches also hold ``exclude``: each user's earlier items.
+    (``reload_dataloaders_every_n_epochs=1``): each epoch has its own items (task template
+    draws) and batch order. The train loader resumes mid-epoch from a Lightning checkpoint
+    (:class:`ResumableDataLoader`). With ``mask_history`` eval batches also hold
+    ``exclude``: each user's earlier items.
     """
 
     def __init__(
         self,
-        ctx: TaskContext,
-        tasks: list[tuple[Task, float]],
-        eval_task: RecommendationTask,
-        formatter: PromptFormatter,
+        training: TrainingData,
+        split: Split,
         *,
         batch_size: int = 8,
         eval_batch_size: int = 16,
-        max_train_samples: int | None = None,
         max_valid_users: int | None = None,
         max_test_users: int | None = None,
         mask_history: bool = False,
+        bucket_by_length: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.ctx = ctx
-        self.tasks = tasks
-        self.eval_task = eval_task
-        self.formatter = formatter
+        self.training = training
+        self.split = split
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.max_train_samples = max_train_samples
         self.seed = seed
         self.mask_history = mask_history
-        self.valid_examples = subsample_examples(ctx.split.valid, max_valid_users, seed)
-        self.test_examples = subsample_examples(ctx.split.test, max_test_users, seed + 1)
-        self._epoch_cache: tuple[int, list[Sample]] | None = None
-        for task, _ in tasks:
-            task.check(ctx)
+        self.bucket_by_length = bucket_by_length
+        self.valid_examples = subsample_examples(split.valid, max_valid_users, seed)
+        self.test_examples = subsample_examples(split.test, max_test_users, seed + 1)
 
-    def epoch_samples(self, epoch: int) -> list[Sample]:
-        """The training pairs of one epoch, deterministic in (seed, epoch); built once per epoch."""
-        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
-            return self._epoch_cache[1]
-        rng = random.Random(self.seed * 1_000_003 + epoch)
-        samples = build_mixture(self.tasks, self.ctx, rng)
-        if self.max_train_samples is not None:
-            samples = samples[: self.max_train_samples]
-        self._epoch_cache = (epoch, samples)
-        return samples
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batches (indices into ``training.epoch_items(epoch)``) of one epoch."""
+        items = self.training.epoch_items(epoch)
+        return epoch_batches(
+            [self.training.length(item) for item in items],
+            self.batch_size,
+            self.seed * 1_000_003 + epoch,
+            bucket_by_length=self.bucket_by_length,
+        )
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        samples = self.epoch_samples(epoch)
-        # build_mixture already shuffled, reproducibly: batches are taken in order
-        sampler = ResumableBatchSampler(len(samples), self.batch_size, self._batches_done)
+        items = self.training.epoch_items(epoch)
+        sampler = ResumableBatchSampler(self.epoch_batches(epoch), self._batches_done)
         return ResumableDataLoader(
-            samples,
+            items,
             batch_sampler=sampler,
-            collate_fn=self._collate_train,
+            collate_fn=self.training.collate,
             # its own generator: creating the iterator must not draw from the global RNG,
             # or a resumed run's dropout masks would differ from an uninterrupted run's
             generator=torch.Generator().manual_seed(self.seed),
@@ -126,26 +178,18 @@ class GenRecDataModule(L.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    def _collate_train(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        return self.formatter.collate_pairs(
-            [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
-        )
-
     def excluded_items(self, part: str) -> list[list[int]] | None:
         """Per eval example of ``part``, the items never to recommend (None: no masking)."""
         if not self.mask_history:
             return None
         examples = self.valid_examples if part == "valid" else self.test_examples
-        return [self.ctx.split.seen_items(ex, part) for ex in examples]
+        return [self.split.seen_items(ex, part) for ex in examples]
 
     def eval_dataloader(self, part: str) -> DataLoader:
         examples = self.valid_examples if part == "valid" else self.test_examples
-        samples = self.eval_task.eval_samples(self.ctx, examples)
-        exclude = self.excluded_items(part) or [[] for _ in samples]
-        encoded = [
-            (self.formatter.prompt_ids(s.prompt), s.target_item, banned)
-            for s, banned in zip(samples, exclude)
-        ]
+        prompts = self.training.eval_prompts(examples)
+        exclude = self.excluded_items(part) or [[] for _ in examples]
+        encoded = [(ids, ex.target, banned) for ids, ex, banned in zip(prompts, examples, exclude)]
         # Similar lengths together: less padding in each batched beam search.
         encoded.sort(key=lambda row: len(row[0]))
         return DataLoader(
@@ -153,7 +197,7 @@ class GenRecDataModule(L.LightningDataModule):
         )
 
     def _collate_eval(self, encoded: list[tuple[list[int], int, list[int]]]) -> dict:
-        batch = self.formatter.collate_prompts([ids for ids, _, _ in encoded])
+        batch = self.training.collate_prompts([ids for ids, _, _ in encoded])
         batch["targets"] = torch.tensor([target for _, target, _ in encoded], dtype=torch.long)
         if self.mask_history:
             width = max(1, max(len(banned) for _, _, banned in encoded))

@@ -8,15 +8,23 @@ For a user whose chronological sequence is ``s`` (length ``n``):
 
 Histories keep only their last ``max_history`` items. Everything is deterministic: users in
 index order, examples in time order, timestamp ties broken by file order.
+
+Helpers for models fitted on training data only: :func:`sequences_from_examples` (each
+user's sequence, chained back from the examples), :func:`holdout_last_train` (an inner
+split for early stopping without valid targets) and :func:`fingerprint_examples`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from semrec.artifacts import content_hash
 from semrec.data.dataset import DataError, RecDataset
 
 MIN_SEQUENCE_LENGTH = 3
@@ -200,4 +208,86 @@ def leave_one_out(
         num_users=ds.num_users,
         train_sequences=train_sequences,
         dropped_users=len(short),
+    )
+
+
+def _by_user(examples: Sequence[Example]) -> dict[int, list[Example]]:
+    grouped: dict[int, list[Example]] = {}
+    for example in examples:
+        grouped.setdefault(example.user, []).append(example)
+    return grouped
+
+
+def sequences_from_examples(examples: Sequence[Example], num_users: int) -> list[np.ndarray]:
+    """Per user, the item sequence that their next-item ``examples`` were cut from (int64).
+
+    A user's examples (in the order given) must be consecutive prefixes of one sequence, as
+    :func:`leave_one_out` makes them: the sequence is the first example's history followed
+    by every example's target, and each later history must end that sequence so far (it may
+    be capped, i.e. shorter). Applied to ``split.train`` this is ``s[:n-2]`` again, except
+    for items before the first kept example under ``max_train_examples_per_user`` (and the
+    lone item of users with no training example, who get an empty sequence); it reads no
+    valid or test target. A ``ValueError`` names the first user whose examples do not chain.
+    """
+    sequences = [np.zeros(0, dtype=np.int64) for _ in range(num_users)]
+    for user, user_examples in _by_user(examples).items():
+        if not 0 <= user < num_users:
+            raise ValueError(f"example user {user} is outside [0, {num_users})")
+        sequence = list(user_examples[0].history)
+        for position, example in enumerate(user_examples):
+            history = example.history
+            if position and (not history or tuple(sequence[-len(history) :]) != history):
+                raise ValueError(
+                    f"user {user}: example {position} (history {history}) does not continue "
+                    f"the sequence {sequence[-len(history) - 1 :]} of the examples before it; "
+                    "examples must be consecutive prefixes of one sequence"
+                )
+            sequence.append(example.target)
+        sequences[user] = np.asarray(sequence, dtype=np.int64)
+    return sequences
+
+
+def holdout_last_train(split: Split) -> Split:
+    """A train-only split: each user's last train example becomes their valid example.
+
+    Users with a single train example keep it in train (and get no valid example); ``test``
+    is empty. Early stopping on the result never reads a valid or test target of
+    ``split``. ``train_sequences`` (when ``split`` has them) lose the held-out target.
+    """
+    train: list[Example] = []
+    valid: list[Example] = []
+    for user_examples in _by_user(split.train).values():
+        if len(user_examples) == 1:
+            train.extend(user_examples)
+        else:
+            train.extend(user_examples[:-1])
+            valid.append(user_examples[-1])
+    train_sequences = list(split.train_sequences)
+    for example in valid if train_sequences else ():
+        sequence = train_sequences[example.user]
+        if not len(sequence) or sequence[-1] != example.target:
+            raise ValueError(
+                f"user {example.user}: the last train target {example.target} is not the last "
+                f"item of train_sequences[{example.user}]"
+            )
+        train_sequences[example.user] = sequence[:-1]
+    return dataclasses.replace(
+        split,
+        train=train,
+        valid=valid,
+        test=[],
+        train_sequences=train_sequences,
+        _valid_targets=None,
+    )
+
+
+def fingerprint_examples(examples: Sequence[Example]) -> str:
+    """Content hash of the examples' users, histories and targets, in order."""
+    count = len(examples)
+    users = np.fromiter((ex.user for ex in examples), np.int64, count)
+    targets = np.fromiter((ex.target for ex in examples), np.int64, count)
+    lengths = np.fromiter((len(ex.history) for ex in examples), np.int64, count)
+    items = np.fromiter(itertools.chain.from_iterable(ex.history for ex in examples), np.int64)
+    return content_hash(
+        count, users.tobytes(), targets.tobytes(), lengths.tobytes(), items.tobytes()
     )

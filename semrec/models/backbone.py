@@ -103,7 +103,6 @@ def convert_gguf(gguf: Path) -> Path:
 
 def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over a small English vocabulary (for the ``tiny`` backbone)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = (
         "here are the user s historical interactions try to recommend another item "
@@ -112,18 +111,20 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerF
         "which title description it be should has liked then user's"
     ).split()
     words += list(".,:;!?'\"()-_<>/") + [str(d) for d in range(10)] + list(extra_words or [])
-    specials = ["<unk>", "<pad>", "</s>", "<s>"]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + words))}
+    return word_level_tokenizer(words, bos_token="<s>")
+
+
+def word_level_tokenizer(words: list[str], **specials: str) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer: ``<unk>``, ``<pad>``, ``</s>``, then ``specials``
+    (e.g. ``bos_token="<s>"``) and ``words``, one id each."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    base = {"unk_token": "<unk>", "pad_token": "<pad>", "eos_token": "</s>"}
+    tokens = [*base.values(), *specials.values(), *words]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(tokens))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="</s>",
-        bos_token="<s>",
-    )
-    return tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **base, **specials)
 
 
 def tiny_llama(
@@ -135,22 +136,104 @@ def tiny_llama(
     tie_word_embeddings: bool = True,
 ) -> LlamaForCausalLM:
     """A randomly initialised LLaMA (tied embeddings by default), a few hundred K parameters."""
+    return random_llama(
+        vocab_size,
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
+        intermediate_size=hidden_size * 2,
+        seed=seed,
+        tie_word_embeddings=tie_word_embeddings,
+        special_ids={"pad_token_id": 1, "eos_token_id": 2, "bos_token_id": 3},
+    )
+
+
+def random_llama(
+    vocab_size: int,
+    *,
+    hidden_size: int,
+    layers: int,
+    heads: int,
+    kv_heads: int | None = None,
+    intermediate_size: int,
+    dropout: float = 0.0,
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+    special_ids: dict[str, int] | None = None,
+    max_positions: int = 4096,
+) -> LlamaForCausalLM:
+    """A randomly initialised LLaMA-architecture causal LM built from its sizes.
+
+    ``dropout`` is applied to the attention probabilities and, as residual dropout, to the
+    output of every attention and feed-forward sub-layer (LLaMA itself has only the former).
+    """
+    if hidden_size % heads:
+        raise BackboneError(f"hidden_size {hidden_size} is not a multiple of heads {heads}")
+    kv_heads = kv_heads or heads
+    if heads % kv_heads:
+        raise BackboneError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        attention_dropout=dropout,
         tie_word_embeddings=tie_word_embeddings,
-        pad_token_id=1,
-        eos_token_id=2,
-        bos_token_id=3,
+        **(special_ids or {}),
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config)
+    if dropout > 0:
+        for layer in model.model.layers:
+            layer.self_attn.o_proj = torch.nn.Sequential(
+                layer.self_attn.o_proj, torch.nn.Dropout(dropout)
+            )
+            layer.mlp = torch.nn.Sequential(layer.mlp, torch.nn.Dropout(dropout))
+    return model
+
+
+SEPARATOR = "<sep>"
+
+
+def scratch_backbone(
+    sid_tokens: list[str],
+    *,
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int = 512,
+    dropout: float = 0.1,
+    seed: int = 0,
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A from-scratch LLaMA whose vocabulary is four specials plus the SID tokens.
+
+    The tokenizer maps every SID token and special to one id (it reads no natural text);
+    ``<sep>`` marks where an item starts (``model.prompt_format: compact``). Attention is
+    SDPA, which takes the boolean 4-D masks of windowed training.
+    """
+    tokenizer = word_level_tokenizer([], sep_token=SEPARATOR)
+    tokenizer.add_tokens(list(sid_tokens), special_tokens=True)
+    model = random_llama(
+        len(tokenizer),
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        intermediate_size=intermediate_size,
+        dropout=dropout,
+        seed=seed,
+        special_ids={
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.sep_token_id,
+        },
+    )
+    model.config._attn_implementation = "sdpa"
+    return model, tokenizer
 
 
 def load_backbone(
@@ -238,6 +321,8 @@ __all__ = [
     "describe",
     "embedded_gguf_path",
     "load_backbone",
+    "random_llama",
+    "scratch_backbone",
     "tiny_llama",
     "tiny_tokenizer",
 ]

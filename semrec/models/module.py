@@ -13,6 +13,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.evaluation.metrics import TopKRankingMetrics
+from semrec.models.loss import response_loss
+from semrec.models.prompting import IGNORE_INDEX
 
 
 class GenRecModule(L.LightningModule):
@@ -68,8 +70,9 @@ class GenRecModule(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        tokens = (batch["labels"] != -100).sum()
+        # the output layer runs only where a label is (see semrec.models.loss)
+        loss = response_loss(self.model, batch)
+        tokens = (batch["labels"] != IGNORE_INDEX).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log(
             "train/response_tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True

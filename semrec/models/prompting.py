@@ -75,11 +75,15 @@ class PromptFormatter:
 
     def collate_prompts(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad prompts for generation."""
-        length = max(len(ids) for ids in prompt_ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(prompt_ids), length), pad, dtype=torch.long)
-        attention = torch.zeros((len(prompt_ids), length), dtype=torch.long)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, length - len(ids) :] = torch.tensor(ids)
-            attention[row, length - len(ids) :] = 1
-        return {"input_ids": input_ids, "attention_mask": attention}
+        return left_pad(prompt_ids, self.tokenizer.pad_token_id)
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of left-padded prompts (for generation)."""
+    length = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, length - len(ids) :] = torch.tensor(ids)
+        attention[row, length - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention}

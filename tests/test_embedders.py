@@ -1,0 +1,377 @@
+"""Item embedders (semrec.embedders): registry, cache, PPMI/SVD math, train-only fitting."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semrec.cf import SASRec
+from semrec.data import RecDataset, leave_one_out, load_synthetic
+from semrec.data.split import Example, Split, holdout_last_train, sequences_from_examples
+from semrec.embedders import (
+    ITEM_EMBEDDERS,
+    CooccurrenceEmbedder,
+    ItemEmbedder,
+    SASRecEmbedder,
+    TextEmbedder,
+    build_item_embedder,
+    cooccurrence_counts,
+    embed_cached,
+    ppmi,
+)
+
+TINY_SASREC = dict(
+    hidden_size=8,
+    num_layers=1,
+    num_heads=1,
+    inner_size=16,
+    max_epochs=3,
+    batch_size=32,
+    seed=0,
+    num_threads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SEMREC_CACHE", str(root))
+    return root
+
+
+def dataset_from_sequences(sequences: list[list[int]], num_items: int) -> RecDataset:
+    users = [u for u, seq in enumerate(sequences) for _ in seq]
+    return RecDataset(
+        name="hand-made",
+        user_ids=[f"u{u}" for u in range(len(sequences))],
+        item_ids=[f"i{i}" for i in range(num_items)],
+        users=np.array(users),
+        items=np.array([item for seq in sequences for item in seq]),
+        timestamps=np.array([t for seq in sequences for t in range(len(seq))]),
+    )
+
+
+def with_items_changed(ds: RecDataset, positions: np.ndarray, shift: int) -> RecDataset:
+    items = ds.items.copy()
+    items[positions] = (items[positions] + shift) % ds.num_items
+    return dataclasses.replace(ds, items=items)
+
+
+def last_two_positions(ds: RecDataset) -> np.ndarray:
+    """Positions (in ``ds``'s arrays) of every user's last two interactions: valid + test."""
+    order = ds.chronological_order()
+    ends = np.cumsum(np.bincount(ds.users, minlength=ds.num_users))
+    return np.concatenate([order[ends - 1], order[ends - 2]])
+
+
+def clusters(seed: int = 0) -> RecDataset:
+    """Users walk items 0-4 or 5-9 (never both); items 10 and 11 are only valid/test targets."""
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for user in range(16):
+        group = np.arange(5) + 5 * (user % 2)
+        walk = [int(rng.choice(group))]
+        while len(walk) < 8:
+            walk.append(int(rng.choice(group[group != walk[-1]])))
+        walk[-2:] = [10, 11] if user < 4 else walk[-2:]
+        sequences.append(walk)
+    return dataset_from_sequences(sequences, num_items=12)
+
+
+# ------------------------------------------------------------------------ registry
+
+
+def test_registry_builds_entries_by_name_and_refuses_bad_params():
+    assert {"text", "cooccurrence", "sasrec", "gru4rec"} <= set(ITEM_EMBEDDERS.names())
+    for name in ITEM_EMBEDDERS:
+        entry = ITEM_EMBEDDERS.get(name)
+        assert issubclass(entry, ItemEmbedder)
+        assert isinstance(entry.uses_interactions, bool)
+    assert not ITEM_EMBEDDERS.get("text").uses_interactions
+    assert ITEM_EMBEDDERS.get("sasrec").uses_interactions
+    # the config checks params against the constructor's keywords
+    assert {"dim", "window", "smoothing", "weighting", "seed"} <= set(
+        inspect.signature(ITEM_EMBEDDERS.get("cooccurrence")).parameters
+    )
+    assert build_item_embedder("cooccurrence", dim=4).cache_key()["dim"] == 4
+    with pytest.raises(KeyError, match="did you mean 'cooccurrence'"):
+        ITEM_EMBEDDERS.get("coocurrence")
+    with pytest.raises(ValueError, match="SASRec has no parameter 'hidden_sise'.*'hidden_size'"):
+        build_item_embedder("sasrec", hidden_sise=8)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        build_item_embedder("sasrec", batch_size=0)
+    with pytest.raises(ValueError, match="smoothing"):
+        CooccurrenceEmbedder(smoothing=0)
+
+
+# -------------------------------------------------------------- train-only inputs
+
+
+@pytest.mark.parametrize("max_history", [None, 2])
+def test_sequences_from_train_examples_are_the_training_parts(max_history):
+    split = leave_one_out(load_synthetic(), max_history=max_history)
+    rebuilt = sequences_from_examples(split.train, split.num_users)
+    assert len(rebuilt) == split.num_users
+    for sequence, expected in zip(rebuilt, split.train_sequences, strict=True):
+        assert sequence.tolist() == expected.tolist()  # s[:n-2]: no valid / test target
+    # only the most recent examples kept: the sequence starts at the first kept history
+    recent = leave_one_out(load_synthetic(), max_history=2, max_train_examples_per_user=2)
+    for sequence, expected in zip(
+        sequences_from_examples(recent.train, recent.num_users), recent.train_sequences
+    ):
+        assert sequence.tolist() == expected[-4:].tolist()
+
+
+def test_sequences_from_examples_refuses_examples_that_do_not_chain():
+    examples = [
+        Example(0, (1,), 2),
+        Example(0, (1, 2), 3),
+        Example(1, (4,), 5),
+        Example(1, (7,), 6),
+    ]
+    with pytest.raises(ValueError, match="user 1: example 1"):
+        sequences_from_examples(examples, num_users=2)
+    assert sequences_from_examples(examples[:2], 2)[0].tolist() == [1, 2, 3]
+
+
+def test_holdout_last_train_moves_each_users_last_train_example_to_valid():
+    ds = dataset_from_sequences([[0, 1, 2, 3, 4, 5], [2, 3, 4, 5], [0, 1, 2]], num_items=6)
+    split = leave_one_out(ds, max_history=None)
+    inner = holdout_last_train(split)
+    assert inner.valid == [Example(0, (0, 1, 2), 3)]  # user 1 has one train example: kept
+    assert inner.train == [Example(0, (0,), 1), Example(0, (0, 1), 2), Example(1, (2,), 3)]
+    assert inner.test == []
+    assert [s.tolist() for s in inner.train_sequences] == [[0, 1, 2], [2, 3], [0]]
+    assert (inner.num_items, inner.num_users) == (6, 3)
+
+
+# --------------------------------------------------------------------- PPMI + SVD
+
+
+def test_cooccurrence_counts_match_a_brute_force_count():
+    sequences = [np.array([0, 1, 2, 1, 3]), np.array([3, 3, 0]), np.array([2])]
+    counts = cooccurrence_counts(sequences, num_items=4, window=2).toarray()
+    expected = np.zeros((4, 4))
+    for seq in sequences:
+        for p in range(len(seq)):
+            for q in range(p + 1, min(len(seq), p + 3)):
+                if seq[p] != seq[q]:
+                    expected[seq[p], seq[q]] += 1
+                    expected[seq[q], seq[p]] += 1
+    np.testing.assert_array_equal(counts, expected)
+    assert expected[0, 3] == 2  # across (3, 0) twice in [3, 3, 0]; 1-3 once, 1-1 never
+
+
+def test_ppmi_matches_the_formula_entry_by_entry():
+    counts = np.array([[0, 4, 1, 0], [4, 0, 2, 3], [1, 2, 0, 0], [0, 3, 0, 0]], dtype=float)
+    out = ppmi(counts, smoothing=0.75).toarray()
+    total, marginal = counts.sum(), counts.sum(axis=1)
+    context = marginal**0.75 / (marginal**0.75).sum()
+    for i in range(4):
+        for j in range(4):
+            pmi = -math.inf
+            if counts[i, j]:
+                pmi = math.log(counts[i, j] / total / (marginal[i] / total * context[j]))
+            assert out[i, j] == pytest.approx(max(pmi, 0.0), abs=1e-12)
+    assert (out > 0).sum() > 0 and (out == 0).sum() > 4  # some entries are clipped
+
+
+def test_cooccurrence_puts_co_occurring_items_closer_and_counts_cold_items():
+    ds = clusters()
+    split = leave_one_out(ds, max_history=None)
+    embedder = CooccurrenceEmbedder(dim=4, window=3, seed=0)
+    vectors = embedder.embed(ds, split, [])
+    assert vectors.shape == (12, 4) and vectors.dtype == torch.float32
+    assert embedder.cold_items == 2  # items 10 and 11 occur only as valid / test targets
+    unit = torch.nn.functional.normalize(vectors[:10], dim=1)
+    cosine = unit @ unit.T
+    group = torch.arange(10) // 5
+    same = group[:, None] == group[None, :]
+    off_diagonal = ~torch.eye(10, dtype=torch.bool)
+    assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.5
+    for item in range(10):  # every item's nearest other item is in its own group
+        nearest = cosine[item].masked_fill(~off_diagonal[item], -2).argmax()
+        assert group[nearest] == group[item]
+    # cold vectors: small, distinct, not zero
+    norms = vectors.norm(dim=1)
+    torch.testing.assert_close(norms[10:], torch.full((2,), 0.1 * norms[:10].quantile(0.5)))
+    assert not torch.equal(vectors[10], vectors[11])
+
+
+def test_cooccurrence_is_deterministic_by_seed():
+    ds = clusters()
+    split = leave_one_out(ds, max_history=None)
+    first = CooccurrenceEmbedder(dim=4, seed=3).embed(ds, split, [])
+    again = CooccurrenceEmbedder(dim=4, seed=3).embed(ds, split, [])
+    other = CooccurrenceEmbedder(dim=4, seed=4).embed(ds, split, [])
+    assert torch.equal(first, again)
+    assert not torch.equal(first[10:], other[10:])  # the cold items' vectors follow the seed
+
+
+def test_cooccurrence_refuses_more_dims_than_items():
+    ds = clusters()
+    with pytest.raises(ValueError, match=r"dim \(64\) must be <= the number of items \(12\)"):
+        CooccurrenceEmbedder().embed(ds, leave_one_out(ds), [])
+
+
+# ------------------------------------------------------------------------- leakage
+
+
+@pytest.mark.parametrize(
+    "embedder",
+    [lambda: CooccurrenceEmbedder(dim=8), lambda: SASRecEmbedder(**TINY_SASREC)],
+    ids=["cooccurrence", "sasrec"],
+)
+def test_valid_and_test_targets_never_reach_the_embeddings(embedder, tmp_path, monkeypatch):
+    def fresh_embed(ds: RecDataset, run: str) -> torch.Tensor:
+        # a cache of its own for every run: each fit really runs, nothing is reused
+        monkeypatch.setenv("SEMREC_CACHE", str(tmp_path / run))
+        return embedder().embed(ds, leave_one_out(ds), [])
+
+    ds = load_synthetic()
+    reference = fresh_embed(ds, "reference")
+    moved = with_items_changed(ds, last_two_positions(ds), shift=5)
+    moved_split, split = leave_one_out(moved), leave_one_out(ds)
+    assert moved_split.train == split.train
+    assert all(a.target != b.target for a, b in zip(moved_split.valid, split.valid))
+    assert all(a.target != b.target for a, b in zip(moved_split.test, split.test))
+    assert torch.equal(fresh_embed(moved, "valid-test-moved"), reference)
+
+    third_of_user_0 = ds.chronological_order()[2]  # a train target (and later history)
+    train_moved = with_items_changed(ds, np.array([third_of_user_0]), shift=5)
+    assert leave_one_out(train_moved).train != split.train
+    assert not torch.equal(fresh_embed(train_moved, "train-moved"), reference)
+
+
+def test_sasrec_embedder_fits_on_train_only_and_reuses_the_fit(monkeypatch):
+    ds = load_synthetic()
+    split = leave_one_out(ds)
+    watched = []
+    ranking_metrics = SASRec.ranking_metrics
+
+    def recording(self, examples, *args, **kwargs):
+        watched.append(list(examples))
+        return ranking_metrics(self, examples, *args, **kwargs)
+
+    monkeypatch.setattr(SASRec, "ranking_metrics", recording)
+    embedder = SASRecEmbedder(**TINY_SASREC)
+    vectors = embedder.embed(ds, split, [])
+    assert vectors.shape == (ds.num_items, TINY_SASREC["hidden_size"])
+    model = embedder.model
+    assert model.epochs_run == TINY_SASREC["max_epochs"]
+    # early stopping watched the users' last train examples, one per user, every epoch
+    inner_valid = holdout_last_train(split).valid
+    assert len(inner_valid) == 48 and watched == [inner_valid] * TINY_SASREC["max_epochs"]
+    assert model.history_length == 5  # the longest train history; test histories have 7
+    assert torch.equal(vectors, model.item_embeddings())
+
+    def no_fit(self, split):
+        raise AssertionError("fit_cached should have loaded the stored fit")
+
+    monkeypatch.setattr(SASRec, "fit", no_fit)
+    assert torch.equal(SASRecEmbedder(**TINY_SASREC).embed(ds, split, []), vectors)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class Counting(ItemEmbedder):
+    uses_interactions = True
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+        self.calls = 0
+
+    def cache_key(self) -> dict:
+        return {"value": self.value}
+
+    def embed(self, dataset, split, item_texts) -> torch.Tensor:
+        self.calls += 1
+        counts = torch.zeros(split.num_items, 2)
+        for ex in split.train:
+            counts[ex.target, 0] += 1
+        counts[:, 1] = self.value
+        return counts
+
+
+def test_embed_cache_hits_on_the_same_train_data_only(cache):
+    ds = load_synthetic()
+    split = leave_one_out(ds)
+    embedder = Counting()
+    first = embed_cached(embedder, ds, split, [])
+    again = embed_cached(embedder, ds, split, [])
+    assert embedder.calls == 1 and torch.equal(first, again)
+    assert len(list((cache / "embeddings").glob("*.safetensors"))) == 1
+    # other valid / test targets: the same key (they are not read)
+    moved = with_items_changed(ds, last_two_positions(ds), shift=5)
+    assert torch.equal(embed_cached(embedder, moved, leave_one_out(moved), []), first)
+    assert embedder.calls == 1
+    # other train examples, or other parameters: computed again
+    fewer = dataclasses.replace(split, train=split.train[1:])
+    assert not torch.equal(embed_cached(embedder, ds, fewer, []), first)
+    assert embedder.calls == 2
+    assert embed_cached(Counting(2.0), ds, split, [])[:, 1].eq(2.0).all()
+
+
+def test_non_finite_embeddings_raise_and_are_not_cached(cache):
+    class Broken(Counting):
+        def embed(self, dataset, split, item_texts):
+            out = super().embed(dataset, split, item_texts)
+            out[3, 1] = math.nan
+            return out
+
+    ds = load_synthetic()
+    with pytest.raises(
+        ValueError, match=r"NaN or inf embeddings for 1 of 24 items, first item 3 \('i3'\)"
+    ):
+        embed_cached(Broken(), ds, leave_one_out(ds), [])
+    assert not list(cache.rglob("*.safetensors"))
+    other = dataset_from_sequences([[0, 1, 2]], num_items=3)
+    with pytest.raises(ValueError, match="different datasets"):
+        embed_cached(Counting(), other, leave_one_out(ds), [])
+
+
+class Letters:
+    """A stub text encoder: counts of a, b, c in each text."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        self.calls += 1
+        return torch.tensor([[t.count(c) for c in "abc"] for t in texts], dtype=torch.float32)
+
+    def cache_key(self) -> dict:
+        return {"encoder": "letters"}
+
+
+def test_text_embedder_encodes_item_texts_and_caches_once(cache):
+    ds = dataset_from_sequences([[0, 1, 2]], num_items=3)
+    split = leave_one_out(ds)
+    encoder = Letters()
+    embedder = TextEmbedder(encoder)
+    texts = ["abc", "aab", "c"]
+    out = embed_cached(embedder, ds, split, texts)
+    assert out.tolist() == [[1, 1, 1], [2, 1, 0], [0, 0, 1]]
+    assert torch.equal(embed_cached(TextEmbedder(encoder), ds, split, texts), out)
+    assert encoder.calls == 1
+    assert len(list(cache.rglob("*.safetensors"))) == 1  # encode_cached's file, no second copy
+    with pytest.raises(ValueError, match="2 item texts for the 3 items"):
+        embedder.embed(ds, split, texts[:2])
+    with pytest.raises(ValueError, match="encoder_params apply only"):
+        TextEmbedder(encoder, encoder_params={"batch_size": 2})
+    with pytest.raises(KeyError, match="unknown text encoder 'nope'"):
+        TextEmbedder("nope")
+
+
+def test_split_with_too_few_examples_says_so():
+    ds = dataset_from_sequences([[0, 1, 2]], num_items=3)
+    empty = Split(train=[], valid=[], test=[], num_items=3, num_users=1)
+    with pytest.raises(ValueError, match="no two items co-occur"):
+        CooccurrenceEmbedder(dim=2).embed(ds, empty, [])
