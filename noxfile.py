@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests``, ``slow``, ``demo``, ``lint``, ``bench``, ``lock``,
+"""Developer sessions: ``nox -s tests``, ``slow``, ``demo``, ``lint``, ``bench``,
+``bench_training``, ``bench_cf``, ``lock``,
 ``tests_latest``.
 
 Every session installs the same environment (``_install``): the CPU build of torch first
@@ -106,6 +107,20 @@ def bench(session: nox.Session) -> None:
     _install(session)
     args = session.posargs or ["--quick"]
     session.run("python", "benchmarks/decoding.py", *args, env=OFFLINE)
+
+
+@nox.session
+def bench_training(session: nox.Session) -> None:
+    """LLM training step, semrec vs a plain HF + PEFT loop (JSON; ~6 min on 2 cores)."""
+    _install(session)
+    session.run("python", "benchmarks/training.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def bench_cf(session: nox.Session) -> None:
+    """In-framework SASRec / GRU4Rec / popularity on ml-100k vs RecBole's numbers (JSON)."""
+    _install(session)
+    session.run("python", "benchmarks/cf_ml100k.py", *session.posargs, env=OFFLINE)
 
 
 @nox.session

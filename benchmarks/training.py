@@ -73,7 +73,7 @@ def hf_loss(model, batch) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "experiments" / "quickstart.yaml"))
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per loop")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)

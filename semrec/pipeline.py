@@ -706,6 +706,30 @@ class Run:
         )
         return candidates[-1]
 
+    def _check_same_vocabulary(self, hf_tokenizer) -> None:
+        """Refuse trained weights whose token ids no longer mean what they meant in training.
+
+        The weights were trained with ``run_dir/hf_tokenizer``; the tokenizer built now
+        must map every token to the same id (a changed backbone file or semrec version
+        could renumber them, e.g. the scratch backbone's specials).
+        """
+        from transformers import AutoTokenizer
+
+        saved_dir = self.run_dir / "hf_tokenizer"
+        if not saved_dir.is_dir():
+            return
+        saved = AutoTokenizer.from_pretrained(str(saved_dir)).get_vocab()
+        built = hf_tokenizer.get_vocab()
+        if saved != built:
+            changed = sorted(t for t in set(saved) | set(built) if saved.get(t) != built.get(t))
+            raise RunError(
+                f"{saved_dir}: the model was trained with another vocabulary than the one "
+                f"built now ({len(changed)} tokens differ, e.g. "
+                + ", ".join(f"{t!r}: {saved.get(t)} -> {built.get(t)}" for t in changed[:3])
+                + "); the backbone or semrec changed since training. Retrain with `semrec fit` "
+                "into a new --run-dir"
+            )
+
     def train(self, allow_training: bool = True, resume_from: Path | None = None):
         """Train (or reuse) the adapter; returns (module, datamodule, hf_tokenizer).
 
@@ -738,6 +762,7 @@ class Run:
         adapter_dir = self.run_dir / "adapter"
         fingerprint = self._train_fingerprint()
         if self._stage_done("train", fingerprint) and adapter_dir.exists():
+            self._check_same_vocabulary(hf_tokenizer)
             load_trained_weights(model, adapter_dir)
             self.echo(f"[train] reused {adapter_dir}")
             return module, datamodule, hf_tokenizer
@@ -982,6 +1007,13 @@ class Run:
                 f"{exact:.4f} ({beam - exact:+.4f}), NDCG@{k} {metrics[f'test_beam/ndcg@{k}']:.4f}"
                 f" vs {metrics[f'test/ndcg@{k}']:.4f}"
             )
+        for name in ev.baselines:
+            cap = ev.baseline_params.get(name, {}).get("max_epochs")
+            if cap is not None and metrics.get(f"{name}/fit/epochs") == cap:
+                notes.append(
+                    f"{name} stopped at its epoch cap (eval.baseline_params.{name}.max_epochs="
+                    f"{cap}) before early stopping would have: it is under-trained here"
+                )
         if self.config.train.max_train_samples:
             notes.append(
                 f"trained on {self.config.train.max_train_samples} sampled pairs per epoch "

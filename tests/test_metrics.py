@@ -187,3 +187,11 @@ def test_metrics_table_without_values_shows_dashes() -> None:
     lines = metrics_table({}, [10]).splitlines()
     assert lines[0] == "| method | HR@10 | NDCG@10 | MRR@10 | INVALID_RATE | COVERAGE |"
     assert lines[2:] == ["| semrec (test) | - | - | - | - | - |"]
+
+
+def test_metrics_table_shows_the_beam_search_row_beside_exact_ranking() -> None:
+    metrics = {"test/hr@10": 0.2, "test_beam/hr@10": 0.15, "sasrec/test/hr@10": 0.13}
+    lines = metrics_table(metrics, [10]).splitlines()
+    assert lines[2].startswith("| semrec (test) | 0.2000 |")
+    assert lines[3].startswith("| semrec, beam search (test) | 0.1500 |")
+    assert lines[4].startswith("| sasrec (test) | 0.1300 |")

@@ -113,3 +113,34 @@ def test_repeated_seeds_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(TINY), "--seeds", "1,1"])
     assert "distinct integers" in capsys.readouterr().err
+
+
+def test_reused_weights_are_refused_when_the_vocabulary_changed(scratch_run, monkeypatch) -> None:
+    """Trained weights index rows by token id: a renumbered vocabulary must not load silently."""
+    import semrec.models.backbone as backbone
+    from semrec.pipeline import RunError
+
+    run_dir, metrics, _ = scratch_run
+    reread = Run(load_config(run_dir / "config.yaml"), run_dir, read_only=True).test()
+    assert reread["test/hr@1"] == metrics["test/hr@1"]
+    monkeypatch.setattr(backbone, "word_level_tokenizer", _older_specials)
+    with pytest.raises(RunError, match="another vocabulary"):
+        Run(load_config(run_dir / "config.yaml"), run_dir, read_only=True).test()
+
+
+def _older_specials(words, **specials):
+    """The scratch tokenizer's specials in another order (what an earlier semrec built)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    order = ["<pad>", "<sep>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(order)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        sep_token="<sep>",
+    )

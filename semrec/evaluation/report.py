@@ -7,6 +7,8 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
     """One row per method (the tuned LLM, each baseline) on the test users."""
     columns = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1] + [f"mrr@{max(ks)}"]
     rows = [("semrec (test)", "test/")]
+    if any(key.startswith("test_beam/") for key in metrics):  # exact ranking: beam row too
+        rows.append(("semrec, beam search (test)", "test_beam/"))
     baselines = sorted({key.split("/")[0] for key in metrics if key.count("/") == 2})
     rows += [(f"{name} (test)", f"{name}/test/") for name in baselines]
     extra = ["invalid_rate", "coverage"]
