@@ -30,6 +30,8 @@ def test_quickstart_pipeline_runs_on_the_embedded_defaults(tmp_path, quantizatio
     assert metrics["test/invalid_rate"] == 0.0
     assert 0.0 <= metrics["test/hr@10"] <= 1.0
     assert "popularity/test/hr@10" in metrics
+    assert metrics["sasrec/fit/epochs"] == 8  # the quickstart's cap on SASRec
+    assert 0.0 <= metrics["sasrec/test/hr@10"] <= 1.0
     stats = run.tokenizer.stats()
     assert stats["n_items"] == 1682
     assert stats["collision_rate_after"] == 0.0
