@@ -93,7 +93,10 @@ def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> di
     for seed in seeds:
         print(f"[seeds] seed {seed} -> {base / f'seed-{seed}'}")
         seeded = config.model_copy(update={"seed": seed})
-        per_seed[seed] = Run(seeded, base / f"seed-{seed}").fit(resume=resume)
+        seed_dir = base / f"seed-{seed}"
+        # --resume continues the seeds a kill interrupted; the others start (or are reused)
+        interrupted = resume and any((seed_dir / "checkpoints").glob("*.ckpt"))
+        per_seed[seed] = Run(seeded, seed_dir).fit(resume=interrupted)
     summary = seed_summary(per_seed)
     write_json(base / "seeds.json", {"seeds": seeds, "metrics": summary})
     table = seeds_table(summary, config.eval.ks, seeds)

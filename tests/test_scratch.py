@@ -107,6 +107,9 @@ def test_fit_over_seeds_reports_mean_and_std(tmp_path, capsys) -> None:
     for seed in (3, 4):
         assert load_config(run_dir / f"seed-{seed}" / "config.yaml").seed == seed
     assert "± " in (run_dir / "seeds.md").read_text()
+    # --resume over seeds: seed 5 never started, 3 and 4 finished; none is refused
+    assert main([*args[:-1], "3,4,5", "--resume", "train.epochs=1", "eval.max_test_users=8"]) == 0
+    assert json.loads((run_dir / "seeds.json").read_text())["seeds"] == [3, 4, 5]
 
 
 def test_repeated_seeds_are_refused(capsys) -> None:
