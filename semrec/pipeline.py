@@ -237,7 +237,6 @@ class Run:
     @cached_property
     def embedder(self):
         """The configured item embedder (``embedder:``); ``text`` uses the ``encoder:`` section."""
-        from semrec.cf import SequentialRecommender
         from semrec.embedders import ITEM_EMBEDDERS, RecommenderEmbedder, TextEmbedder
         from semrec.text.encoders import build_text_encoder
 
@@ -247,9 +246,7 @@ class Run:
             return TextEmbedder(build_text_encoder(encoder.name, **encoder.params))
         factory = ITEM_EMBEDDERS.get(cfg.name)
         params = dict(cfg.params)
-        if issubclass(factory, RecommenderEmbedder) and issubclass(
-            factory.recommender, SequentialRecommender
-        ):
+        if issubclass(factory, RecommenderEmbedder):  # a CF model: seeded by the run
             params.setdefault("seed", self.config.seed)
         return factory(**params)
 
@@ -905,7 +902,7 @@ class Run:
                 params.setdefault("seed", self.config.seed)
             baseline = factory(**params)
             start = time.perf_counter()
-            if isinstance(baseline, SequentialRecommender):
+            if learned:
                 fit_cached(baseline, split)
                 stopped = (
                     f"stopped early (best epoch {baseline.best_epoch})"
