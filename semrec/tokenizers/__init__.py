@@ -13,15 +13,16 @@ from semrec.tokenizers.base import (
     SIDConflictWarning,
     load_tokenizer,
 )
+from semrec.tokenizers.behavior_codebook import BehaviorCodebookTokenizer
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
 from semrec.tokenizers.rqvae_usm import RandomIDTokenizer, RQVAEUSMTokenizer, VanillaIDTokenizer
 
-TOKENIZERS.plan("behavior_codebook", "Semantic Convergence alignment tokenization")
 TOKENIZERS.plan("ulmrec_user", "ULMRec user indices")
 TOKENIZERS.plan("ttds", "TTDS twin-tower dynamic tokenizer")
 
 __all__ = [
     "TOKENIZERS",
+    "BehaviorCodebookTokenizer",
     "FittedCodes",
     "ItemTokenizer",
     "PrecomputedTokenizer",

@@ -18,11 +18,17 @@ Two resolutions:
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import torch
 
 #: Code for "this item has no token at this level" (tail padding of variable-length SIDs).
 PAD = -1
+
+#: What a tokenizer may do about collisions (:func:`resolve_collisions`).
+COLLISION_STRATEGIES = ("reassign", "suffix", "none")
+#: What ``reassign`` does when a prefix holds more items than the last level has codes.
+OVERFLOW_POLICIES = ("error", "suffix")
 
 
 def collision_groups(codes: torch.Tensor) -> list[torch.Tensor]:
@@ -56,6 +62,7 @@ def reassign_last_level(
     *,
     priority: torch.Tensor | None = None,
     strict: bool = True,
+    fixed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Resolve collisions by moving all but one item of each group to a free last-level code.
 
@@ -68,6 +75,9 @@ def reassign_last_level(
     A prefix shared by more items than ``codebook_size`` cannot be resolved: with
     ``strict`` this raises ValueError; otherwise as many items as possible move and the rest
     keep colliding (resolve them with :func:`append_suffix_level`).
+
+    ``fixed`` (bool [n]) marks items that never move, e.g. the catalogue's items when new
+    ones are added: in a group with fixed members, every non-fixed member moves.
     """
     _check_fixed_length(codes)
     if codes.shape[1] == 0:
@@ -93,7 +103,7 @@ def reassign_last_level(
         members = (prefix_of == prefix_id).nonzero().flatten()
         used = set(codes[members, -1].tolist())
         free = [code for code in range(codebook_size) if code not in used]
-        movers = [i for group in prefix_groups for i in _rank(group, priority)[1:]]
+        movers = [i for group in prefix_groups for i in _movers(group, priority, fixed)]
         if len(movers) > len(free) and strict:
             prefix = codes[members[0], :-1].tolist()
             raise ValueError(
@@ -179,6 +189,16 @@ def _rank(group: torch.Tensor, priority: torch.Tensor | None) -> list[int]:
     return sorted(members, key=lambda i: (float(priority[i]), i))
 
 
+def _movers(
+    group: torch.Tensor, priority: torch.Tensor | None, fixed: torch.Tensor | None
+) -> list[int]:
+    """The members of a collision group that must move: all but the best, or all non-fixed."""
+    ranked = _rank(group, priority)
+    if fixed is None or not bool(fixed[group].any()):
+        return ranked[1:]
+    return [i for i in ranked if not bool(fixed[i])]
+
+
 def _row_ids(matrix: torch.Tensor) -> torch.Tensor:
     """An id per row such that equal rows get equal ids."""
     if matrix.shape[1] == 0:
@@ -207,3 +227,54 @@ def _check_fixed_length(codes: torch.Tensor) -> None:
 def _check_priority(priority: torch.Tensor | None, n: int) -> None:
     if priority is not None and tuple(priority.shape) != (n,):
         raise ValueError(f"priority must have shape [{n}], got {tuple(priority.shape)}")
+
+
+def resolve_collisions(
+    raw: torch.Tensor,
+    codebook_sizes: list[int],
+    strategy: str,
+    *,
+    seed: int = 0,
+    priority: torch.Tensor | None = None,
+    on_overflow: str = "error",
+    suffix_all: bool = False,
+) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
+    """A quantiser's raw codes made collision-free: (codes, codebook sizes, resolution facts).
+
+    ``strategy`` is one of :data:`COLLISION_STRATEGIES`: ``"reassign"``
+    (:func:`reassign_last_level`; if a prefix overflows, ``on_overflow="suffix"`` then gives
+    the remaining colliders an extra level, ``"error"`` raises ValueError), ``"suffix"``
+    (:func:`append_suffix_level`) or ``"none"``. The item with the smallest ``priority``
+    (e.g. quantisation error) keeps its code.
+    """
+    if strategy not in COLLISION_STRATEGIES:
+        raise ValueError(f"collision must be one of {COLLISION_STRATEGIES}, got {strategy!r}")
+    if on_overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+    sizes = list(codebook_sizes)
+    if strategy == "none":
+        return raw, sizes, {"strategy": "none"}
+    if strategy == "suffix":
+        codes = append_suffix_level(raw, priority=priority, suffix_all=suffix_all)
+        return (
+            codes,
+            [*sizes, _suffix_size(codes)],
+            {"strategy": "suffix", "items_with_suffix": int((codes[:, -1] != PAD).sum())},
+        )
+    codes = reassign_last_level(
+        raw, sizes[-1], seed, priority=priority, strict=on_overflow == "error"
+    )
+    resolution: dict[str, Any] = {
+        "strategy": "reassign",
+        "items_reassigned": int((codes != raw).any(dim=1).sum()),
+    }
+    if collision_groups(codes):  # only reachable with on_overflow="suffix"
+        codes = append_suffix_level(codes, priority=priority)
+        sizes.append(_suffix_size(codes))
+        resolution["items_with_suffix"] = int((codes[:, -1] != PAD).sum())
+    return codes, sizes, resolution
+
+
+def _suffix_size(codes: torch.Tensor) -> int:
+    """Codebook size of an appended suffix level: its largest code + 1 (at least 1)."""
+    return max(int(codes[:, -1].max()) + 1, 1)

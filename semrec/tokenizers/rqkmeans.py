@@ -26,15 +26,11 @@ import torch.nn.functional as F
 
 from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCodes, ItemTokenizer
 from semrec.tokenizers.collisions import (
-    PAD,
-    append_suffix_level,
-    collision_groups,
-    reassign_last_level,
+    COLLISION_STRATEGIES,
+    OVERFLOW_POLICIES,
+    resolve_collisions,
 )
 from semrec.tokenizers.kmeans import ResidualKMeans
-
-COLLISION_STRATEGIES = ("reassign", "suffix", "none")
-OVERFLOW_POLICIES = ("error", "suffix")
 
 
 @TOKENIZERS.register("rqkmeans")
@@ -111,7 +107,22 @@ class RQKMeansTokenizer(ItemTokenizer):
             float((x - self.quantizer.decode(raw[:, : level + 1])).pow(2).sum(dim=1).mean())
             for level in range(self.quantizer.levels)
         ]
-        codes, sizes, resolution = self._resolve_collisions(raw, error, seed)
+        try:
+            codes, sizes, resolution = resolve_collisions(
+                raw,
+                list(self.quantizer.codebook_sizes),
+                self.collision,
+                seed=seed,
+                priority=error,
+                on_overflow=self.on_overflow,
+                suffix_all=self.suffix_all,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"rqkmeans (codebook_size={self.config()['codebook_size']}): {err}; "
+                "with rqkmeans, on_overflow='suffix' gives the remaining colliders an extra "
+                "suffix level"
+            ) from None
         return FittedCodes(
             codes=codes,
             codebook_sizes=sizes,
@@ -141,42 +152,6 @@ class RQKMeansTokenizer(ItemTokenizer):
                 "suffix level for the remaining colliders) or collision='suffix' (checked "
                 "before k-means)"
             )
-
-    def _resolve_collisions(
-        self, raw: torch.Tensor, error: torch.Tensor, seed: int
-    ) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
-        sizes = list(self.quantizer.codebook_sizes)
-        if self.collision == "none":
-            return raw, sizes, {"strategy": "none"}
-        if self.collision == "suffix":
-            codes = append_suffix_level(raw, priority=error, suffix_all=self.suffix_all)
-            return (
-                codes,
-                [*sizes, _suffix_size(codes)],
-                {
-                    "strategy": "suffix",
-                    "items_with_suffix": int((codes[:, -1] != PAD).sum()),
-                },
-            )
-        try:
-            codes = reassign_last_level(
-                raw, sizes[-1], seed, priority=error, strict=self.on_overflow == "error"
-            )
-        except ValueError as err:
-            raise ValueError(
-                f"rqkmeans (codebook_size={self.config()['codebook_size']}): {err}; "
-                "with rqkmeans, on_overflow='suffix' gives the remaining colliders an extra "
-                "suffix level"
-            ) from None
-        resolution = {
-            "strategy": "reassign",
-            "items_reassigned": int((codes != raw).any(dim=1).sum()),
-        }
-        if collision_groups(codes):  # only reachable with on_overflow="suffix"
-            codes = append_suffix_level(codes, priority=error)
-            sizes.append(_suffix_size(codes))
-            resolution["items_with_suffix"] = int((codes[:, -1] != PAD).sum())
-        return codes, sizes, resolution
 
     # ---------------------------------------------------------------- new items
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -232,8 +207,3 @@ class RQKMeansTokenizer(ItemTokenizer):
                 raise KeyError("reduce_dim is set but the PCA tensors are missing")
             self._pca_mean = state["pca.mean"].float()
             self._pca_components = state["pca.components"].float()
-
-
-def _suffix_size(codes: torch.Tensor) -> int:
-    """Codebook size of an appended suffix level: its largest code + 1 (at least 1)."""
-    return max(int(codes[:, -1].max()) + 1, 1)

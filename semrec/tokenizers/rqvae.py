@@ -13,16 +13,13 @@
 
 :func:`train_rqvae` z-scores the input dimensions (optional, on by default; not in
 LC-Rec), initialises the codebooks by residual k-means on the encoder's latents of all items, then trains with AdamW in a CPU ``lightning.Trainer`` that writes no
-checkpoint files. After every epoch it records the reconstruction loss, per-level code
+checkpoint files (:func:`~semrec.tokenizers.small_trainer.fit_on_cpu`). After every epoch it records the reconstruction loss, per-level code
 usage and the collision rate of the argmin codes of all items (the returned history).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +27,8 @@ import lightning
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from semrec.known_warnings import hide_known_warnings
 from semrec.tokenizers.collisions import collision_rate
 from semrec.tokenizers.kmeans import kmeans
 from semrec.tokenizers.sinkhorn import (
@@ -41,6 +37,7 @@ from semrec.tokenizers.sinkhorn import (
     sinkhorn_codes,
     squared_distances,
 )
+from semrec.tokenizers.small_trainer import fit_on_cpu
 
 #: LC-Rec's encoder widths (its decoder mirrors them); the latent (code) dimension is 32.
 LCREC_HIDDEN_LAYERS = (2048, 1024, 512, 256)
@@ -265,85 +262,25 @@ def train_rqvae(
     varies by ~0.05; unscaled, the reconstruction loss is ~1e-3 and training collapses onto
     a handful of codes (observed on ml-100k).
 
-    Runs on CPU with a private RNG state (the global one is restored). ``log_dir`` adds a
-    CSV logger writing there; without it nothing is written to disk.
+    Runs on CPU with a private RNG state (see :func:`~semrec.tokenizers.small_trainer.fit_on_cpu`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    with torch.random.fork_rng(devices=[]), deterministic_algorithms():
-        torch.manual_seed(seed)
+
+    def build() -> RQVAETraining:
         if standardize:
             model.fit_standardization(items)
         model.init_codebooks(items, seed)
-        module = RQVAETraining(model, items, lr=lr, weight_decay=weight_decay, usm=usm)
-        loader = DataLoader(
-            TensorDataset(items),
-            batch_size=batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        logger: Any = False
-        if log_dir is not None:
-            from lightning.pytorch.loggers import CSVLogger
+        return RQVAETraining(model, items, lr=lr, weight_decay=weight_decay, usm=usm)
 
-            logger = CSVLogger(log_dir, name="rqvae")
-        with _quiet_lightning():
-            trainer = lightning.Trainer(
-                accelerator="cpu",
-                devices=1,
-                max_epochs=epochs,
-                logger=logger,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                log_every_n_steps=1,
-                num_sanity_val_steps=0,
-            )
-            trainer.fit(module, loader)
+    module = fit_on_cpu(
+        build,
+        TensorDataset(items),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        log_dir=log_dir,
+        log_name="rqvae",
+    )
     model.eval()
     return module.history
-
-
-@contextlib.contextmanager
-def deterministic_algorithms() -> Iterator[None]:
-    """Deterministic torch kernels inside the block (the previous setting is restored).
-
-    With 2 threads, the RQ-VAE's codebook-lookup backward accumulates in a thread-dependent
-    order: two fits with one seed gave pre-resolution collision rates 0.511 and 0.503 on
-    random 1,682 x 384 inputs; with deterministic kernels they are identical.
-    """
-    previous = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's banner (accelerator info, tips) and its warnings about tiny loaders."""
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        with hide_known_warnings(), warnings.catch_warnings():
-            for message in _LIGHTNING_NOISE:  # about this loop's deliberately small loaders
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-_LIGHTNING_LOGGERS = (
-    "lightning.pytorch",
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric",
-)
-_LIGHTNING_NOISE = (
-    ".*does not have many workers.*",
-    ".*number of training batches.*",
-)

@@ -1,0 +1,111 @@
+"""The small CPU training loop that learned tokenizers (RQ-VAE, behaviour codebooks) share.
+
+:func:`fit_on_cpu` builds the LightningModule inside a private RNG state (the global one is
+restored), with deterministic torch kernels, and trains it in a CPU ``lightning.Trainer``
+that writes no checkpoint files and prints no banner. ``log_dir`` adds a CSV logger
+writing there; without it nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from semrec.known_warnings import hide_known_warnings
+
+ModuleT = TypeVar("ModuleT", bound=lightning.LightningModule)
+
+
+def fit_on_cpu(
+    build: Callable[[], ModuleT],
+    dataset: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    log_dir: str | None = None,
+    log_name: str = "tokenizer",
+) -> ModuleT:
+    """``build()`` a module under ``seed`` and train it ``epochs`` epochs on shuffled ``dataset``."""
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    with torch.random.fork_rng(devices=[]), deterministic_algorithms():
+        torch.manual_seed(seed)
+        module = build()
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        logger: Any = False
+        if log_dir is not None:
+            from lightning.pytorch.loggers import CSVLogger
+
+            logger = CSVLogger(log_dir, name=log_name)
+        with _quiet_lightning():
+            trainer = lightning.Trainer(
+                accelerator="cpu",
+                devices=1,
+                max_epochs=epochs,
+                logger=logger,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                log_every_n_steps=1,
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(module, loader)
+    return module
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Deterministic torch kernels inside the block (the previous setting is restored).
+
+    With 2 threads, the RQ-VAE's codebook-lookup backward accumulates in a thread-dependent
+    order: two fits with one seed gave pre-resolution collision rates 0.511 and 0.503 on
+    random 1,682 x 384 inputs; with deterministic kernels they are identical.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banner (accelerator info, tips) and its warnings about tiny loaders."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with hide_known_warnings(), warnings.catch_warnings():
+            for message in _LIGHTNING_NOISE:  # about this loop's deliberately small loaders
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric",
+)
+_LIGHTNING_NOISE = (
+    ".*does not have many workers.*",
+    ".*number of training batches.*",
+)
