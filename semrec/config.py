@@ -60,10 +60,15 @@ class EmbedderConfig(ComponentConfig):
     """The item embedder (``ITEM_EMBEDDERS``) whose vectors the tokenizer quantises.
 
     ``text`` (default) encodes the item texts with the ``encoder:`` section's encoder;
-    ``cooccurrence``, ``sasrec`` and ``gru4rec`` learn from the training interactions only.
+    ``cooccurrence``, ``lightgcn``, ``sasrec`` and ``gru4rec`` learn from the training
+    interactions only. ``cold_start: text`` gives the items without a training interaction
+    (and items added to a trained run) vectors from a ridge regression text -> CF vector
+    fitted on the other items, the texts embedded by the ``encoder:`` section; ``none``
+    keeps the embedder's own vectors for them.
     """
 
     name: str = "text"
+    cold_start: Literal["none", "text"] = "none"
 
 
 class TokenizerConfig(ComponentConfig):

@@ -251,20 +251,54 @@ class Run:
         return factory(**params)
 
     def item_embeddings(self) -> torch.Tensor:
-        from semrec.embedders import embed_cached
+        """The embedder's item vectors; with ``embedder.cold_start: text`` the items without a
+        training interaction get text-regressed ones (:mod:`semrec.embedders.cold_start`)."""
+        from semrec.data.split import items_in_train
+        from semrec.embedders import embed_cached, fill_cold_items
 
         start = time.perf_counter()
         data = self.data
         embeddings = embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
-        self._timed("embed", start)
         name = self.config.embedder.name
         source = f"{name} ({self.config.encoder.name})" if name == "text" else name
-        cold = getattr(self.embedder, "cold_items", None)
-        self.echo(
-            f"[embed] {source}: {tuple(embeddings.shape)} item embeddings"
-            + (f"; {cold} items without train interactions" if cold else "")
-        )
+        note = ""
+        if self.embedder.uses_interactions:
+            cold = torch.from_numpy(~items_in_train(data.split))
+            note = f"; {int(cold.sum())} items without train interactions"
+            if self.config.embedder.cold_start == "text" and bool(cold.any()):
+                embeddings = fill_cold_items(
+                    embeddings, self.text_embeddings(), cold, self.cold_start_regressor
+                )
+                r2 = self.cold_start_regressor.validation_r2
+                note += (
+                    f" got vectors from a text-to-CF ridge regressor ({self.config.encoder.name}"
+                    + (
+                        f"; cross-validated R^2 on the warm items {r2:.2f}"
+                        if r2 is not None
+                        else ""
+                    )
+                    + ")"
+                )
+        self._timed("embed", start)
+        self.echo(f"[embed] {source}: {tuple(embeddings.shape)} item embeddings{note}")
         return embeddings
+
+    def text_embeddings(self, texts: list[str] | None = None) -> torch.Tensor:
+        """The ``encoder:`` section's embeddings of ``texts`` (default: the item texts), cached."""
+        from semrec.text.encoders import build_text_encoder, encode_cached
+
+        encoder = self.config.encoder
+        return encode_cached(
+            build_text_encoder(encoder.name, **encoder.params),
+            self.data.item_texts if texts is None else texts,
+        )
+
+    @cached_property
+    def cold_start_regressor(self):
+        """The text-to-CF regressor of ``embedder.cold_start: text`` (fitted by item_embeddings)."""
+        from semrec.embedders import TextToCF
+
+        return TextToCF()
 
     def llm_alignment_targets(self) -> torch.Tensor:
         """Each item's mean LLM input embedding over its text (a tokenizer's LLM alignment).

@@ -18,13 +18,17 @@ from semrec.embedders import (
     ITEM_EMBEDDERS,
     CooccurrenceEmbedder,
     ItemEmbedder,
+    LightGCNEmbedder,
     SASRecEmbedder,
     TextEmbedder,
+    TextToCF,
     build_item_embedder,
     cooccurrence_counts,
     embed_cached,
+    fill_cold_items,
     ppmi,
 )
+from semrec.embedders.lightgcn import interaction_pairs, normalized_adjacency
 
 TINY_SASREC = dict(
     hidden_size=8,
@@ -88,7 +92,7 @@ def clusters(seed: int = 0) -> RecDataset:
 
 
 def test_registry_builds_entries_by_name_and_refuses_bad_params():
-    assert {"text", "cooccurrence", "sasrec", "gru4rec"} <= set(ITEM_EMBEDDERS.names())
+    assert {"text", "cooccurrence", "lightgcn", "sasrec", "gru4rec"} <= set(ITEM_EMBEDDERS.names())
     for name in ITEM_EMBEDDERS:
         entry = ITEM_EMBEDDERS.get(name)
         assert issubclass(entry, ItemEmbedder)
@@ -225,8 +229,12 @@ def test_cooccurrence_refuses_more_dims_than_items():
 
 @pytest.mark.parametrize(
     "embedder",
-    [lambda: CooccurrenceEmbedder(dim=8), lambda: SASRecEmbedder(**TINY_SASREC)],
-    ids=["cooccurrence", "sasrec"],
+    [
+        lambda: CooccurrenceEmbedder(dim=8),
+        lambda: SASRecEmbedder(**TINY_SASREC),
+        lambda: LightGCNEmbedder(dim=8, epochs=2, batch_size=64),
+    ],
+    ids=["cooccurrence", "sasrec", "lightgcn"],
 )
 def test_valid_and_test_targets_never_reach_the_embeddings(embedder, tmp_path, monkeypatch):
     def fresh_embed(ds: RecDataset, run: str) -> torch.Tensor:
@@ -375,3 +383,61 @@ def test_split_with_too_few_examples_says_so():
     empty = Split(train=[], valid=[], test=[], num_items=3, num_users=1)
     with pytest.raises(ValueError, match="no two items co-occur"):
         CooccurrenceEmbedder(dim=2).embed(ds, empty, [])
+
+
+# ------------------------------------------------------------------------ lightgcn
+
+
+def test_lightgcn_adjacency_is_the_symmetrically_normalised_bipartite_graph():
+    ds = dataset_from_sequences([[0, 1, 2, 0], [1, 2, 3, 1]], num_items=4)
+    split = leave_one_out(ds, max_history=None)
+    pairs = interaction_pairs(split)  # train parts: user 0 {0, 1}, user 1 {1, 2}
+    assert pairs.tolist() == [[0, 0], [0, 1], [1, 1], [1, 2]]
+    dense = normalized_adjacency(pairs, 2, 4).to_dense()
+    assert torch.equal(dense, dense.T)
+    degree = torch.tensor([2, 2, 1, 2, 1, 0], dtype=torch.float)  # users, then items 0-3
+    # user 0 - item 1 (node 3): 1 / sqrt(2 * 2)
+    assert dense[0, 3].item() == pytest.approx(0.5)
+    # user 0 - item 0 (node 2): 1 / sqrt(2 * 1)
+    assert dense[0, 2].item() == pytest.approx(1 / math.sqrt(2))
+    assert dense[:, 5].abs().sum() == 0 and degree[5] == 0  # item 3 has no train interaction
+    assert (dense != 0).sum() == 2 * len(pairs)
+
+
+def test_lightgcn_puts_co_consumed_items_closer_and_counts_cold_items():
+    ds = clusters()
+    split = leave_one_out(ds, max_history=None)
+    embedder = LightGCNEmbedder(dim=8, layers=2, epochs=60, batch_size=32, lr=1e-2, seed=0)
+    vectors = embedder.embed(ds, split, [])
+    assert vectors.shape == (12, 8)
+    assert embedder.cold_items == 2
+    assert embedder.history[-1] < embedder.history[0]
+    unit = torch.nn.functional.normalize(vectors[:10], dim=1)
+    cosine = unit @ unit.T
+    same = (torch.arange(10) // 5)[:, None] == (torch.arange(10) // 5)[None, :]
+    off_diagonal = ~torch.eye(10, dtype=torch.bool)
+    assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.5
+    again = LightGCNEmbedder(dim=8, layers=2, epochs=60, batch_size=32, lr=1e-2, seed=0)
+    assert torch.equal(again.embed(ds, split, []), vectors)
+
+
+# ---------------------------------------------------------------------- cold start
+
+
+def test_cold_items_get_vectors_regressed_from_their_text():
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randn(60, 10, generator=generator)
+    mapping = torch.randn(10, 4, generator=generator)
+    truth = text @ mapping
+    cf = truth.clone()
+    cold = torch.zeros(60, dtype=torch.bool)
+    cold[[3, 17, 42]] = True
+    cf[cold] = 100.0  # whatever the CF model left there
+    regressor = TextToCF(alpha=1e-3)
+    filled = fill_cold_items(cf, text, cold, regressor)
+    assert torch.allclose(filled[cold], truth[cold], atol=0.05)
+    assert torch.equal(filled[~cold], cf[~cold])  # warm items untouched
+    assert regressor.validation_r2 > 0.99
+    assert torch.allclose(regressor.predict(text[:2]), truth[:2], atol=0.05)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TextToCF().predict(text)

@@ -247,6 +247,14 @@ def sequences_from_examples(examples: Sequence[Example], num_users: int) -> list
     return sequences
 
 
+def items_in_train(split: Split) -> np.ndarray:
+    """Bool [num_items]: whether the item occurs in a training sequence (history or target)."""
+    seen = np.zeros(split.num_items, dtype=bool)
+    for sequence in sequences_from_examples(split.train, split.num_users):
+        seen[sequence] = True
+    return seen
+
+
 def holdout_last_train(split: Split) -> Split:
     """A train-only split: each user's last train example becomes their valid example.
 

@@ -12,6 +12,8 @@ from semrec.tasks.base import (
     build_mixture,
 )
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
+from semrec.tasks.negative import NegativeBehaviorTask
+from semrec.tasks.query import QueryAlignmentTask
 from semrec.tasks.sequential import SequentialTask
 from semrec.tasks.token_alignment import SemanticToTokenTask, TokenToSemanticTask
 
@@ -21,7 +23,9 @@ __all__ = [
     "HistoryToDescriptionTask",
     "HistoryToTitleTask",
     "IntentionToItemTask",
+    "NegativeBehaviorTask",
     "PreferenceTask",
+    "QueryAlignmentTask",
     "RecommendationTask",
     "SIDToTextTask",
     "Sample",

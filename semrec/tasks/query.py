@@ -1,0 +1,74 @@
+"""Semantic Convergence's query alignment: a user's review, as a query, -> the reviewed item.
+
+The paper's template: "You meet a user's query: {query}. Please respond to this user by
+selecting an appropriate item", answered by the SID of the item the review is about.
+semrec's datasets keep a user's reviews as a list (``dataset.user_text``) without the item
+each one is about, so this task pairs them with items only when the list is as long as the
+user's interaction sequence: review ``k`` is then taken to be about the ``k``-th interaction
+in time order (how per-interaction review files are exported). Only training interactions
+are used, so no valid or test target reaches training. A dataset without reviews (ml-100k)
+is refused with an error naming ``user_text``; reviews that cannot be aligned are refused
+too, with the first such user.
+"""
+
+from __future__ import annotations
+
+import random
+
+from semrec.tasks.base import TASKS, Sample, Task, TaskContext, TaskDataError
+
+
+@TASKS.register("query")
+class QueryAlignmentTask(Task):
+    """One pair per training interaction with a review: review text -> that item's SID."""
+
+    name = "query"
+    requires = ("user_text",)
+    templates = (
+        "You meet a user's query: {query}. Please respond to this user by selecting an "
+        "appropriate item",
+        "A user writes: {query}. Which item does this user mean?",
+        "Here is what a user says about an item: {query}. Which item is it?",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_chars: int = 500,
+        templates: list[str] | None = None,
+        max_samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        if max_chars < 1:
+            raise ValueError(f"task 'query': max_chars must be >= 1, got {max_chars}")
+        self.max_chars = max_chars
+
+    def pairs(self, ctx: TaskContext) -> list[tuple[str, int]]:
+        """(review, item) for every training interaction whose review is known."""
+        self.check(ctx)
+        dataset = ctx.dataset
+        sequences = dataset.sequences()
+        pairs = []
+        for user, reviews in enumerate(dataset.user_text):
+            if not reviews:
+                continue
+            if len(reviews) != len(sequences[user]):
+                raise TaskDataError(
+                    f"task 'query': user {dataset.user_ids[user]!r} has {len(reviews)} reviews "
+                    f"but {len(sequences[user])} interactions in {dataset.source or dataset.name}, "
+                    "so the reviews cannot be matched to the items they are about (needs one "
+                    "review per interaction, in time order)"
+                )
+            # leave-one-out holds out the last two interactions (valid, test)
+            held_out = 2
+            for review, item in zip(reviews[:-held_out], sequences[user][:-held_out]):
+                if review.strip():
+                    pairs.append((" ".join(review.split())[: self.max_chars], int(item)))
+        return pairs
+
+    def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
+        samples = []
+        for query, item in self.epoch_subset(self.pairs(ctx), rng):
+            template = self.templates[rng.randrange(len(self.templates))]
+            samples.append(Sample(self.name, template.format(query=query), ctx.sids[item], item))
+        return samples
