@@ -1,4 +1,4 @@
-"""Command line: ``semrec fit|test|tokenize --config X.yaml [key.path=value ...]``."""
+"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items ...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ EPILOG = """examples:
   semrec fit --config experiments/ml100k_scratch.yaml --seeds 0,1,2
   semrec test --run runs/quickstart
   semrec test --run runs/quickstart eval.max_test_users=null eval.exact_ranking=true
+  semrec predict --run runs/meituan_ml100k --k 20            # pre-cache every user's top 20
+  semrec predict --run runs/meituan_ml100k --k 10 --users 196,186
+  semrec add-items --run runs/meituan_ml100k --items new_items.json
 """
 
 
@@ -67,7 +70,59 @@ def _parser() -> argparse.ArgumentParser:
         needs_config=False,
     )
     test.add_argument("--run", required=True, help="run directory written by `semrec fit`")
+    predict = add(
+        "predict",
+        "pre-cache every (or each given) user's top-K items from a trained run as JSONL "
+        "(and Parquet with pyarrow); a killed predict continues where it stopped",
+        needs_config=False,
+    )
+    predict.add_argument("--run", required=True, help="run directory written by `semrec fit`")
+    predict.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    predict.add_argument("--users", type=_id_list, help="comma-separated user ids (default: all)")
+    predict.add_argument("--users-file", help="file with one user id per line")
+    predict.add_argument("--batch-size", type=int, default=32, help="users per beam search")
+    predict.add_argument("--output", help="JSONL path (default: <run>/predictions/top<K>.jsonl)")
+    predict.add_argument(
+        "--keep-seen",
+        action="store_true",
+        help="allow items the user already interacted with (excluded by default)",
+    )
+    add_items = add(
+        "add-items",
+        "give new items SIDs from the trained tokenizer (no retraining) so that a trained "
+        "run can recommend them",
+        needs_config=False,
+    )
+    add_items.add_argument("--run", required=True, help="run directory written by `semrec fit`")
+    add_items.add_argument("--items", required=True, help="JSON list of new item records")
     return parser
+
+
+def _id_list(text: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ids like 196,186")
+    return ids
+
+
+def _stored_run(run_dir: Path, overrides: list[str]):
+    """A read-only :class:`~semrec.pipeline.Run` of a finished run directory."""
+    from semrec.pipeline import Run, RunError
+
+    stored_file = run_dir / "config.yaml"
+    if not stored_file.is_file():
+        raise RunError(f"{run_dir} has no config.yaml: not a semrec run directory")
+    return Run(load_config(stored_file, overrides), run_dir, read_only=True)
+
+
+def _requested_users(args) -> list[str] | None:
+    users = list(args.users or [])
+    if args.users_file:
+        path = Path(args.users_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--users-file {path}: not found")
+        users += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return users or None
 
 
 def _seed_list(text: str) -> list[int]:
@@ -117,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         # 4-bit kernels) is absent; it then uses its built-in CPU path, which QLoRA here uses.
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from semrec.pipeline import Run, RunError
+    from semrec.serving import PredictionError
 
     if not args.verbose:
         import lightning  # noqa: F401  (sets its loggers to INFO on import; quieten after)
@@ -126,13 +182,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "test":
-            run_dir = Path(args.run)
-            stored_file = run_dir / "config.yaml"
-            if not stored_file.is_file():
-                raise RunError(f"{run_dir} has no config.yaml: not a semrec run directory")
-            config = load_config(stored_file, args.overrides)
-            run = Run(config, run_dir, read_only=True)
+            run = _stored_run(Path(args.run), args.overrides)
             run.write_report(run.test())
+            return 0
+        if args.command == "predict":
+            from semrec.serving.predict import predict_top_k
+
+            predict_top_k(
+                _stored_run(Path(args.run), args.overrides),
+                k=args.k,
+                users=_requested_users(args),
+                output=args.output,
+                batch_size=args.batch_size,
+                exclude_seen=not args.keep_seen,
+            )
+            return 0
+        if args.command == "add-items":
+            from semrec.serving.new_items import add_items
+
+            add_items(_stored_run(Path(args.run), args.overrides), args.items)
             return 0
         config = load_config(args.config, args.overrides)
         if args.command == "fit" and args.seeds:
@@ -147,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run.fit(resume=args.resume)
         return 0
-    except (ConfigError, RunError) as err:
+    except (ConfigError, RunError, PredictionError) as err:
         print(f"semrec: error: {err}", file=sys.stderr)
         return 2
     except (ValueError, KeyError, TypeError, OSError, RuntimeError) as err:

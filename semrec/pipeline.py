@@ -56,6 +56,7 @@ from semrec.models.prompting import PromptFormatter
 from semrec.tasks import TASKS, RecommendationTask, TaskContext
 from semrec.text.item_text import ItemTextBuilder
 from semrec.tokenizers import TOKENIZERS, ItemTokenizer, load_tokenizer
+from semrec.tokenizers.collisions import PAD
 
 log = logging.getLogger(__name__)
 
@@ -420,12 +421,77 @@ class Run:
         )
         return model, hf_tokenizer, sid_ids
 
-    def trie(self, hf_tokenizer) -> SIDTrie:
+    def trie(self, hf_tokenizer, *, include_added: bool = False) -> SIDTrie:
+        """The trie of valid SIDs: the dataset's items (row = item index), then, with
+        ``include_added``, the items of ``semrec add-items`` (:meth:`catalogue`)."""
         tokens = self.tokenizer
+        codes = self.catalogue()[1] if include_added else tokens.codes
         sequences = [
-            hf_tokenizer.convert_tokens_to_ids(tokens.item_tokens(i)) for i in range(tokens.n_items)
+            hf_tokenizer.convert_tokens_to_ids(
+                [tokens.token(level, code) for level, code in enumerate(row) if code != PAD]
+            )
+            for row in codes.tolist()
         ]
         return SIDTrie.from_sequences(sequences, vocab_size=len(hf_tokenizer))
+
+    # ------------------------------------------------------------------ catalogue
+
+    def added_items(self) -> list[dict[str, Any]]:
+        """The records ``semrec add-items`` appended to this run (``added_items.json``)."""
+        from semrec.serving.new_items import ADDED_ITEMS_FILE
+
+        path = self.run_dir / ADDED_ITEMS_FILE
+        return read_json(path)["items"] if path.is_file() else []
+
+    def catalogue(self) -> tuple[list[str], torch.Tensor]:
+        """External item ids and SID codes of every item: the dataset's, then the added ones."""
+        added = self.added_items()
+        ids = list(self.data.dataset.item_ids) + [record["id"] for record in added]
+        codes = self.tokenizer.codes
+        if added:
+            codes = torch.cat([codes, torch.tensor([record["codes"] for record in added])])
+        return ids, codes
+
+    def new_item_texts(self, records: list[dict[str, Any]]) -> list[str]:
+        """Texts of new items' records, built like the dataset's item texts (``dataset.text``)."""
+        cfg = self.config.dataset.text
+        builder = ItemTextBuilder(fields=cfg.fields, template=cfg.template, missing=cfg.missing)
+        fields = [
+            {k: str(v) for k, v in record.items() if k not in ("id", "embedding")}
+            for record in records
+        ]
+        return builder.render(self.data.dataset, [r["id"] for r in records], fields)
+
+    def new_item_vectors(self, records: list[dict[str, Any]], source: str) -> torch.Tensor:
+        """Vectors in the tokenizer's input space for new items (see semrec.serving.new_items)."""
+        given = [record.get("embedding") for record in records]
+        missing = [i for i, vector in enumerate(given) if vector is None]
+        if missing:
+            texts = self.new_item_texts([records[i] for i in missing])
+            if not self.embedder.uses_interactions:
+                from_text = self.text_embeddings(texts)
+            elif self.config.embedder.cold_start == "text":
+                self.item_embeddings()  # fits the text-to-CF regressor on the warm items
+                from_text = self.cold_start_regressor.predict(self.text_embeddings(texts))
+            else:
+                raise RunError(
+                    f"{source}: item {records[missing[0]]['id']!r} has no 'embedding', and a "
+                    f"{self.config.embedder.name} embedder cannot embed an item without "
+                    "interactions; give each new item an 'embedding', or fit the run with "
+                    "embedder.cold_start: text"
+                )
+        widths = {len(vector) for vector in given if vector is not None}
+        if missing:
+            widths.add(from_text.shape[1])
+        if len(widths) > 1:
+            raise RunError(f"{source}: new items' embeddings have different widths {widths}")
+        vectors = torch.zeros(len(records), widths.pop())
+        for i, vector in enumerate(given):
+            if vector is not None:
+                vectors[i] = torch.tensor(vector, dtype=torch.float32)
+        if missing:
+            vectors[missing] = from_text
+        return vectors
 
     def formatter(self, hf_tokenizer) -> PromptFormatter:
         cfg = self.config.model

@@ -433,7 +433,7 @@ def test_cold_items_get_vectors_regressed_from_their_text():
     cold = torch.zeros(60, dtype=torch.bool)
     cold[[3, 17, 42]] = True
     cf[cold] = 100.0  # whatever the CF model left there
-    regressor = TextToCF(alpha=1e-3)
+    regressor = TextToCF()
     filled = fill_cold_items(cf, text, cold, regressor)
     assert torch.allclose(filled[cold], truth[cold], atol=0.05)
     assert torch.equal(filled[~cold], cf[~cold])  # warm items untouched

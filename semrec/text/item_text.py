@@ -80,10 +80,17 @@ class ItemTextBuilder:
 
     def build(self, ds: RecDataset) -> list[str]:
         """One text per item, aligned with ``ds.item_ids``."""
+        return self.render(ds, ds.item_ids, ds.item_text)
+
+    def render(
+        self, ds: RecDataset, item_ids: list[str], item_text: list[dict[str, str]]
+    ) -> list[str]:
+        """Texts of items given by their fields (e.g. new items), with the fields that
+        :meth:`build` reads from ``ds``."""
         requested = self.requested_fields(ds)
         strict = self.missing == "error" and (self.fields is not None or self.template is not None)
         texts = []
-        for item_id, item in zip(ds.item_ids, ds.item_text):
+        for item_id, item in zip(item_ids, item_text):
             present = {name: item[name] for name in requested if item.get(name, "").strip()}
             if not present:
                 raise DataError(

@@ -1,0 +1,136 @@
+"""Pre-computed top-K recommendations per user (Semantic Convergence's serving, Fig. 3).
+
+The paper serves an LLM recommender by caching, for every user, the top-K *valid* items
+(SIDs that are real items) from a constrained beam search, so online inference is a
+lookup. :class:`PredictionWriter` writes that cache as JSON lines, one user per line::
+
+    {"user": "196", "items": ["242", "302", ...], "scores": [-1.93, -2.41, ...]}
+
+and a ``<name>.meta.json`` next to it (what produced it: the run's training fingerprint,
+``k``, whether seen items were excluded). Writing is resumable: lines are appended batch by
+batch and flushed to disk; a killed writer leaves at most one partial last line, which the
+next writer drops before it continues with the users that are not in the file yet, so the
+finished file holds every requested user exactly once. A meta file that disagrees with the
+new request (another model, another ``k``) is refused rather than mixed into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from semrec.artifacts import atomic_write, read_json, write_json
+
+
+class PredictionError(ValueError):
+    """The prediction file cannot be continued as asked."""
+
+
+class PredictionWriter:
+    """Appends users' top-K lists to ``path`` (JSONL), continuing a file left by a killed run."""
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.meta_path = self.path.with_suffix(".meta.json")
+        self.meta = meta
+        self.done: set[str] = set()
+        self._open()
+
+    def _open(self) -> None:
+        if self.path.exists():
+            if not self.meta_path.is_file():
+                raise PredictionError(
+                    f"{self.path} exists but has no {self.meta_path.name}: it was not written "
+                    "by semrec predict; move it away or choose another --output"
+                )
+            stored = read_json(self.meta_path)
+            differs = {
+                key: (stored.get(key), value)
+                for key, value in self.meta.items()
+                if stored.get(key) != value
+            }
+            if differs:
+                detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differs.items())
+                raise PredictionError(
+                    f"{self.path} was written for another request ({detail}); nothing was "
+                    "changed. Delete it (and its .meta.json) to start over, or pick another "
+                    "--output"
+                )
+            self.done = self._complete_users()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.meta_path, self.meta)
+            self.path.touch()
+
+    def _complete_users(self) -> set[str]:
+        """Users with a complete line; a partial last line (a kill mid-write) is cut off."""
+        done: set[str] = set()
+        keep = 0
+        with open(self.path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                done.add(record["user"])
+                keep += len(line)
+        if keep != self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(keep)
+        return done
+
+    def pending(self, users: Sequence[str]) -> list[str]:
+        """``users`` not in the file yet, in order."""
+        return [user for user in users if user not in self.done]
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append one batch of records in one write, flushed to disk."""
+        lines = []
+        for record in records:
+            if record["user"] in self.done:
+                raise PredictionError(f"user {record['user']!r} is already in {self.path}")
+            lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done.update(record["user"] for record in map(json.loads, lines))
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a prediction file (JSONL or Parquet)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON record ({err})") from None
+    return records
+
+
+def write_parquet(jsonl: str | Path) -> Path | None:
+    """A Parquet copy of a finished JSONL file, next to it; None when pyarrow is missing."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    jsonl = Path(jsonl)
+    target = jsonl.with_suffix(".parquet")
+    table = pa.Table.from_pylist(read_predictions(jsonl))
+    with atomic_write(target, "wb") as fh:
+        pq.write_table(table, fh)
+    return target

@@ -1,0 +1,142 @@
+"""``semrec predict``: every requested user's top-K items from a trained run, pre-cached.
+
+Each user's prompt is built from their whole interaction history (the last
+``dataset.max_history`` items, valid and test targets included: this is serving, after
+everything known), exactly as evaluation prompts are built, and decoded by the run's
+trie-constrained beam search over the catalogue, items added with ``semrec add-items``
+included. Items the user already interacted with are excluded unless ``exclude_seen`` is
+off. Results go through :class:`~semrec.serving.precache.PredictionWriter` (resumable
+JSONL), then to Parquet when pyarrow is installed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from semrec.artifacts import content_hash
+from semrec.data.split import Example
+from semrec.serving.precache import PredictionWriter, write_parquet
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What one ``semrec predict`` call did."""
+
+    path: Path
+    parquet: Path | None
+    users: int  # requested
+    written: int  # by this call (the others were already in the file)
+    seconds: float
+
+    @property
+    def users_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else float("inf")
+
+
+def resolve_users(user_ids: Sequence[str], requested: Sequence[str] | None) -> list[int]:
+    """Indices of the requested external user ids (all users when None), in request order."""
+    if requested is None:
+        return list(range(len(user_ids)))
+    index = {user: i for i, user in enumerate(user_ids)}
+    unknown = [user for user in requested if user not in index]
+    if unknown:
+        raise ValueError(
+            f"--users: {len(unknown)} unknown user id(s), first {unknown[0]!r} "
+            f"(the dataset has {len(user_ids)} users, e.g. {user_ids[0]!r})"
+        )
+    return list(dict.fromkeys(index[user] for user in requested))
+
+
+def predict_top_k(
+    run,
+    *,
+    k: int = 10,
+    users: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 32,
+    exclude_seen: bool = True,
+    echo: Callable[[str], None] = print,
+) -> PredictionSummary:
+    """Write the top-``k`` items of ``users`` (external ids; None: all) for a trained ``run``."""
+    from semrec.decoding import ConstrainedBeamSearch
+
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"--k and --batch-size must be >= 1, got {k} and {batch_size}")
+    dataset = run.data.dataset
+    item_ids, _ = run.catalogue()
+    if k > len(item_ids):
+        raise ValueError(f"--k {k} is more than the {len(item_ids)} items of the catalogue")
+    module, datamodule, hf_tokenizer = run.train(allow_training=False)
+    module.set_trie(run.trie(hf_tokenizer, include_added=True))
+    cfg = run.config.eval
+    num_beams = max(k, cfg.num_beams)
+    module.decoder = ConstrainedBeamSearch(
+        num_beams=num_beams, score_mode=cfg.score_mode, autocast_dtype=run.eval_autocast
+    )
+    path = Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
+    meta = {
+        "format": "semrec-topk",
+        "model": run._train_fingerprint(),
+        "catalogue": content_hash(item_ids, run.catalogue()[1].tolist()),
+        "k": k,
+        "num_beams": num_beams,
+        "score_mode": cfg.score_mode,
+        "exclude_seen": exclude_seen,
+    }
+    writer = PredictionWriter(path, meta)
+    sequences = dataset.sequences()
+    requested = [u for u in resolve_users(dataset.user_ids, users) if len(sequences[u])]
+    pending = writer.pending([dataset.user_ids[u] for u in requested])
+    index = dataset.user_index()
+    max_history = run.config.dataset.max_history
+    echo(
+        f"[predict] {len(requested)} users, top {k} of {len(item_ids)} items "
+        f"({len(requested) - len(pending)} already in {path})"
+    )
+    start = time.perf_counter()
+    with tqdm(total=len(requested), initial=len(requested) - len(pending), unit="user") as bar:
+        for offset in range(0, len(pending), batch_size):
+            batch_users = [index[user] for user in pending[offset : offset + batch_size]]
+            histories = [tuple(int(i) for i in sequences[u][-max_history:]) for u in batch_users]
+            examples = [Example(u, h, h[-1]) for u, h in zip(batch_users, histories)]
+            inputs = datamodule.training.collate_prompts(datamodule.training.eval_prompts(examples))
+            exclude = _seen(sequences, batch_users) if exclude_seen else None
+            with torch.no_grad():
+                result = module.recommend(inputs["input_ids"], inputs["attention_mask"], k, exclude)
+            records = []
+            for row, user in enumerate(batch_users):
+                keep = result.valid[row]
+                records.append(
+                    {
+                        "user": dataset.user_ids[user],
+                        "items": [item_ids[i] for i in result.items[row][keep].tolist()],
+                        "scores": [round(s, 6) for s in result.scores[row][keep].tolist()],
+                    }
+                )
+            writer.write(records)
+            bar.update(len(records))
+    seconds = time.perf_counter() - start
+    parquet = write_parquet(path)
+    summary = PredictionSummary(path, parquet, len(requested), len(pending), seconds)
+    echo(
+        f"[predict] wrote {summary.written} users in {seconds:.1f} s "
+        f"({summary.users_per_second:.2f} users/s) to {path}"
+        + (f" and {parquet}" if parquet else " (install pyarrow for a Parquet copy)")
+    )
+    return summary
+
+
+def _seen(sequences, users: list[int]) -> torch.Tensor:
+    """Every item each user interacted with, -1 padded [B, M]."""
+    width = max(1, max(len(sequences[u]) for u in users))
+    out = torch.full((len(users), width), -1, dtype=torch.long)
+    for row, user in enumerate(users):
+        items = torch.as_tensor(sequences[user], dtype=torch.long)
+        out[row, : len(items)] = items
+    return out

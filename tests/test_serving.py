@@ -1,0 +1,141 @@
+"""Serving: `semrec predict` (pre-cached top-K, resumable), TopKCache, `semrec add-items`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semrec.cli import main
+from semrec.config import load_config
+from semrec.data.dataset import DataError
+from semrec.models.module import GenRecModule
+from semrec.pipeline import Run
+from semrec.serving import PredictionError, TopKCache, read_predictions
+from semrec.serving.new_items import add_items
+from semrec.serving.predict import predict_top_k
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+QUICK = ["train.epochs=3", "train.check_val_every_n_epoch=3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("serving") / "run"
+    Run(load_config(TINY, QUICK), run_dir, echo=lambda _: None).fit()
+    return run_dir
+
+
+def stored(run_dir: Path) -> Run:
+    return Run(load_config(run_dir / "config.yaml"), run_dir, read_only=True, echo=lambda _: None)
+
+
+def test_predict_writes_every_user_once_and_a_killed_predict_resumes(
+    trained, tmp_path, monkeypatch
+):
+    reference = predict_top_k(
+        stored(trained), k=5, output=tmp_path / "full.jsonl", batch_size=4, echo=lambda _: None
+    )
+    full = read_predictions(reference.path)
+    assert reference.written == 48 and len({r["user"] for r in full}) == 48
+    for record in full:
+        assert len(record["items"]) == 5 and record["scores"] == sorted(record["scores"])[::-1]
+
+    calls = {"n": 0}
+    original = GenRecModule.recommend
+
+    def dies_on_the_third_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenRecModule, "recommend", dies_on_the_third_batch)
+    path = tmp_path / "resumed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        predict_top_k(stored(trained), k=5, output=path, batch_size=4, echo=lambda _: None)
+    assert len(read_predictions(path)) == 8
+    with open(path, "a") as fh:  # a kill in the middle of a write
+        fh.write('{"user": "u40", "items": ["i1"')
+    monkeypatch.setattr(GenRecModule, "recommend", original)
+    resumed = predict_top_k(stored(trained), k=5, output=path, batch_size=4, echo=lambda _: None)
+    assert resumed.written == 40
+    records = read_predictions(path)
+    assert [r["user"] for r in records] == [r["user"] for r in full]  # no duplicate, none missing
+    assert records == full
+
+    with pytest.raises(PredictionError, match="k: 5 -> 3"):
+        predict_top_k(stored(trained), k=3, output=path, echo=lambda _: None)
+
+
+def test_topk_cache_serves_the_predictions(trained, tmp_path):
+    path = tmp_path / "top.jsonl"
+    predict_top_k(stored(trained), k=4, users=["u3", "u7"], output=path, echo=lambda _: None)
+    cache = TopKCache(path)
+    assert len(cache) == 2 and "u3" in cache and "u0" not in cache and cache.k == 4
+    record = next(r for r in read_predictions(path) if r["user"] == "u7")
+    assert cache.recommend("u7", 2) == list(zip(record["items"][:2], record["scores"][:2]))
+    with pytest.raises(KeyError, match="u0"):
+        cache.recommend("u0")
+    with pytest.raises(ValueError, match="only 4 items"):
+        cache.recommend("u3", 5)
+    with pytest.raises(ValueError, match="unknown user id"):
+        predict_top_k(stored(trained), k=4, users=["nobody"], output=tmp_path / "x.jsonl")
+
+
+def test_seen_items_are_excluded_unless_kept(trained, tmp_path):
+    run = stored(trained)
+    sequences = run.data.dataset.sequences()
+    ids = run.data.dataset.item_ids
+    path = tmp_path / "all.jsonl"
+    predict_top_k(run, k=10, output=path, echo=lambda _: None)
+    for record in read_predictions(path):
+        user = int(record["user"][1:])
+        assert not {ids[i] for i in sequences[user]} & set(record["items"])
+
+
+def test_added_items_are_generated_without_retraining_and_old_sids_stay(trained, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    before = stored(run_dir).tokenizer.index()
+    adapter = {p.name: p.read_bytes() for p in (run_dir / "adapter").iterdir()}
+    new_items = tmp_path / "new.json"
+    # the same text as item 0: the same codes, so it must move to a free last-level code
+    new_items.write_text(
+        json.dumps([{"id": "fresh", "title": "item 0", "categories": "red group"}])
+    )
+    assert main(["add-items", "--run", str(run_dir), "--items", str(new_items)]) == 0
+    assert "1 items added (1 moved" in capsys.readouterr().out
+    run = stored(run_dir)
+    assert run.tokenizer.index() == before  # no existing SID changed
+    assert {p.name: p.read_bytes() for p in (run_dir / "adapter").iterdir()} == adapter
+    (added,) = run.added_items()
+    assert added["sid"] not in {"".join(tokens) for tokens in before.values()}
+    ids, codes = run.catalogue()
+    assert ids[-1] == "fresh" and codes.shape[0] == 25
+
+    # the whole catalogue for every user: the new item is among what the model generates
+    out = tmp_path / "all.jsonl"
+    predict_top_k(run, k=25, output=out, exclude_seen=False, echo=lambda _: None)
+    records = read_predictions(out)
+    assert all("fresh" in r["items"] and len(r["items"]) == 25 for r in records)
+
+
+def test_add_items_refuses_bad_records_by_name_and_writes_nothing(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    cases = {
+        "existing.json": ([{"id": "i3", "title": "x"}], "'i3'"),
+        "duplicate.json": ([{"id": "n", "title": "x"}, {"id": "n", "title": "y"}], "duplicate"),
+        "no_id.json": ([{"title": "x"}], "item #0"),
+        "bad_vector.json": ([{"id": "v", "embedding": ["a"]}], "embedding"),
+    }
+    for name, (records, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(json.dumps(records))
+        with pytest.raises(DataError, match=message) as caught:
+            add_items(stored(run_dir), path, echo=lambda _: None)
+        assert name in str(caught.value)
+    assert not (run_dir / "added_items.json").exists()
