@@ -238,7 +238,7 @@ class Run:
     @cached_property
     def embedder(self):
         """The configured item embedder (``embedder:``); ``text`` uses the ``encoder:`` section."""
-        from semrec.embedders import ITEM_EMBEDDERS, RecommenderEmbedder, TextEmbedder
+        from semrec.embedders import ITEM_EMBEDDERS, TextEmbedder
         from semrec.text.encoders import build_text_encoder
 
         cfg = self.config.embedder
@@ -247,7 +247,7 @@ class Run:
             return TextEmbedder(build_text_encoder(encoder.name, **encoder.params))
         factory = ITEM_EMBEDDERS.get(cfg.name)
         params = dict(cfg.params)
-        if issubclass(factory, RecommenderEmbedder):  # a CF model: seeded by the run
+        if factory.seeded_by_run:  # a learned CF model: seeded by the run
             params.setdefault("seed", self.config.seed)
         return factory(**params)
 

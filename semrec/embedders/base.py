@@ -31,11 +31,14 @@ class ItemEmbedder(ABC):
     ``split.train``, never on valid or test targets); otherwise only on the item texts.
     ``caches_itself``: :meth:`embed` already stores its result (the text embedder goes
     through :func:`~semrec.text.encoders.encode_cached`), so :func:`embed_cached` does not
-    store it a second time.
+    store it a second time. ``seeded_by_run``: a run passes its ``seed`` to the
+    constructor unless the config's params set one (learned CF models, so that runs over
+    several seeds vary the embeddings too).
     """
 
     uses_interactions: ClassVar[bool]
     caches_itself: ClassVar[bool] = False
+    seeded_by_run: ClassVar[bool] = False
 
     @abstractmethod
     def embed(self, dataset: RecDataset, split: Split, item_texts: list[str]) -> torch.Tensor:

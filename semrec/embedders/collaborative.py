@@ -29,6 +29,7 @@ class RecommenderEmbedder(ItemEmbedder):
     """
 
     uses_interactions: ClassVar[bool] = True
+    seeded_by_run: ClassVar[bool] = True
     recommender: ClassVar[type[SequentialRecommender]]
 
     @classmethod

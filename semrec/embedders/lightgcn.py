@@ -91,6 +91,7 @@ class LightGCNEmbedder(ItemEmbedder):
     """
 
     uses_interactions: ClassVar[bool] = True
+    seeded_by_run: ClassVar[bool] = True
 
     def __init__(
         self,
