@@ -255,7 +255,7 @@ class Run:
         """The embedder's item vectors; with ``embedder.cold_start: text`` the items without a
         training interaction get text-regressed ones (:mod:`semrec.embedders.cold_start`)."""
         from semrec.data.split import items_in_train
-        from semrec.embedders import embed_cached, fill_cold_items
+        from semrec.embedders import embed_cached
 
         start = time.perf_counter()
         data = self.data
@@ -267,10 +267,9 @@ class Run:
             cold = torch.from_numpy(~items_in_train(data.split))
             note = f"; {int(cold.sum())} items without train interactions"
             if self.config.embedder.cold_start == "text" and bool(cold.any()):
-                embeddings = fill_cold_items(
-                    embeddings, self.text_embeddings(), cold, self.cold_start_regressor
-                )
-                r2 = self.cold_start_regressor.validation_r2
+                regressor = self.cold_start_regressor
+                embeddings[cold] = regressor.predict(self.text_embeddings()[cold])
+                r2 = regressor.validation_r2
                 note += (
                     f" got vectors from a text-to-CF ridge regressor ({self.config.encoder.name}"
                     + (
@@ -296,10 +295,14 @@ class Run:
 
     @cached_property
     def cold_start_regressor(self):
-        """The text-to-CF regressor of ``embedder.cold_start: text`` (fitted by item_embeddings)."""
-        from semrec.embedders import TextToCF
+        """``embedder.cold_start: text``: the text-to-CF regressor fitted on the warm items."""
+        from semrec.data.split import items_in_train
+        from semrec.embedders import TextToCF, embed_cached
 
-        return TextToCF()
+        data = self.data
+        cf = embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
+        warm = torch.from_numpy(items_in_train(data.split))
+        return TextToCF(seed=self.config.seed).fit(self.text_embeddings()[warm], cf[warm])
 
     def llm_alignment_targets(self) -> torch.Tensor:
         """Each item's mean LLM input embedding over its text (a tokenizer's LLM alignment).
@@ -471,7 +474,6 @@ class Run:
             if not self.embedder.uses_interactions:
                 from_text = self.text_embeddings(texts)
             elif self.config.embedder.cold_start == "text":
-                self.item_embeddings()  # fits the text-to-CF regressor on the warm items
                 from_text = self.cold_start_regressor.predict(self.text_embeddings(texts))
             else:
                 raise RunError(

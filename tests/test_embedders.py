@@ -25,7 +25,6 @@ from semrec.embedders import (
     build_item_embedder,
     cooccurrence_counts,
     embed_cached,
-    fill_cold_items,
     ppmi,
 )
 from semrec.embedders.lightgcn import interaction_pairs, normalized_adjacency
@@ -433,10 +432,8 @@ def test_cold_items_get_vectors_regressed_from_their_text():
     cold = torch.zeros(60, dtype=torch.bool)
     cold[[3, 17, 42]] = True
     cf[cold] = 100.0  # whatever the CF model left there
-    regressor = TextToCF()
-    filled = fill_cold_items(cf, text, cold, regressor)
-    assert torch.allclose(filled[cold], truth[cold], atol=0.05)
-    assert torch.equal(filled[~cold], cf[~cold])  # warm items untouched
+    regressor = TextToCF().fit(text[~cold], cf[~cold])  # fitted on the warm items only
+    assert torch.allclose(regressor.predict(text[cold]), truth[cold], atol=0.05)
     assert regressor.validation_r2 > 0.99
     assert torch.allclose(regressor.predict(text[:2]), truth[:2], atol=0.05)
     with pytest.raises(RuntimeError, match="not fitted"):

@@ -12,7 +12,7 @@ from semrec.cli import main
 from semrec.config import load_config
 from semrec.data.dataset import DataError
 from semrec.models.module import GenRecModule
-from semrec.pipeline import Run
+from semrec.pipeline import Run, RunError
 from semrec.serving import PredictionError, TopKCache, read_predictions
 from semrec.serving.new_items import add_items
 from semrec.serving.predict import predict_top_k
@@ -139,3 +139,39 @@ def test_add_items_refuses_bad_records_by_name_and_writes_nothing(trained, tmp_p
             add_items(stored(run_dir), path, echo=lambda _: None)
         assert name in str(caught.value)
     assert not (run_dir / "added_items.json").exists()
+
+
+def test_a_cf_run_adds_text_only_items_through_the_cold_start_regressor(tmp_path):
+    # tokenizer stage only: add-items needs the SID table, not a trained model
+    lines: list[str] = []
+    overrides = [
+        "embedder.name=lightgcn",
+        "embedder.params={dim: 8, epochs: 2, batch_size: 64}",
+        "embedder.cold_start=text",
+        "tokenizer.name=behavior_codebook",
+        "tokenizer.params={levels: 2, codebook_size: 8, epochs: 3}",
+    ]
+    run = Run(load_config(TINY, overrides), tmp_path / "run", echo=lines.append)
+    before = run.tokenizer.index()
+    assert any("LLM alignment targets: mean input embeddings of tiny" in line for line in lines)
+    new_items = tmp_path / "new.json"
+    new_items.write_text(json.dumps({"items": [{"id": "n1", "title": "item 5"}]}))
+    (added,) = add_items(run, new_items, echo=lines.append)
+    assert stored(tmp_path / "run").tokenizer.index() == before
+    assert len(added["codes"]) == 2 and added["sid"].startswith("<a_")
+    assert run.cold_start_regressor.validation_r2 is not None
+
+    without = Run(
+        load_config(
+            TINY,
+            [
+                *overrides[:2],
+                "tokenizer.name=behavior_codebook",
+                "tokenizer.params={levels: 2, codebook_size: 8, epochs: 1, llm_alignment: false}",
+            ],
+        ),
+        tmp_path / "cf_only",
+        echo=lambda _: None,
+    )
+    with pytest.raises(RunError, match="cold_start: text"):
+        add_items(without, new_items, echo=lambda _: None)

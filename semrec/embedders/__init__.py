@@ -7,11 +7,15 @@ training sequences), ``lightgcn`` (LightGCN on the train interactions), ``sasrec
 """
 
 from semrec.embedders.base import ITEM_EMBEDDERS, ItemEmbedder, build_item_embedder, embed_cached
-from semrec.embedders.cold_start import TextToCF, fill_cold_items
+from semrec.embedders.cold_start import TextToCF
 from semrec.embedders.collaborative import GRU4RecEmbedder, RecommenderEmbedder, SASRecEmbedder
 from semrec.embedders.cooccurrence import CooccurrenceEmbedder, cooccurrence_counts, ppmi
 from semrec.embedders.lightgcn import LightGCNEmbedder
 from semrec.embedders.text import TextEmbedder
+
+ITEM_EMBEDDERS.plan(
+    "dccf", "DCCF (Semantic Convergence's CF model); use 'lightgcn', the graph model DCCF extends"
+)
 
 __all__ = [
     "ITEM_EMBEDDERS",
@@ -26,6 +30,5 @@ __all__ = [
     "build_item_embedder",
     "cooccurrence_counts",
     "embed_cached",
-    "fill_cold_items",
     "ppmi",
 ]

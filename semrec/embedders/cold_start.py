@@ -64,22 +64,3 @@ class TextToCF:
         if self._ridge is None:
             raise RuntimeError("TextToCF is not fitted; call fit(text, cf) first")
         return torch.from_numpy(self._ridge.predict(text.double().numpy())).float()
-
-
-def fill_cold_items(
-    cf: torch.Tensor, text: torch.Tensor, cold: torch.Tensor, regressor: TextToCF
-) -> torch.Tensor:
-    """``cf`` with the rows where ``cold`` (bool [n]) is set predicted from ``text``.
-
-    ``regressor`` is fitted here on the warm rows. Returns a new tensor.
-    """
-    if cold.shape[0] != cf.shape[0] or text.shape[0] != cf.shape[0]:
-        raise ValueError(
-            f"cold mask, text and CF rows differ: {cold.shape[0]}, {text.shape[0]}, {cf.shape[0]}"
-        )
-    out = cf.clone()
-    if not bool(cold.any()):
-        return out
-    regressor.fit(text[~cold], cf[~cold])
-    out[cold] = regressor.predict(text[cold])
-    return out
