@@ -798,7 +798,8 @@ class Run:
 
     # ------------------------------------------------------------------ train / test
 
-    def _train_fingerprint(self) -> str:
+    def train_fingerprint(self) -> str:
+        """Hash of everything that determines the trained model (its config keys and texts)."""
         return content_hash(
             "train",
             config_section(self._stage_config, TRAINING_KEYS),
@@ -882,7 +883,7 @@ class Run:
             exact_ranker=self.exact_ranker(),
         )
         adapter_dir = self.run_dir / "adapter"
-        fingerprint = self._train_fingerprint()
+        fingerprint = self.train_fingerprint()
         if self._stage_done("train", fingerprint) and adapter_dir.exists():
             self._check_same_vocabulary(hf_tokenizer)
             load_trained_weights(model, adapter_dir)

@@ -175,3 +175,15 @@ def test_a_cf_run_adds_text_only_items_through_the_cold_start_regressor(tmp_path
     )
     with pytest.raises(RunError, match="cold_start: text"):
         add_items(without, new_items, echo=lambda _: None)
+
+
+def test_the_parquet_copy_holds_the_same_records(tmp_path):
+    pytest.importorskip("pyarrow")  # optional: not in the lock
+    from semrec.serving.precache import write_parquet
+
+    path = tmp_path / "top.jsonl"
+    rows = [{"user": "u1", "items": ["a", "b"], "scores": [-1.0, -2.5]}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    parquet = write_parquet(path)
+    assert read_predictions(parquet) == rows
+    assert TopKCache(parquet).recommend("u1", 1) == [("a", -1.0)]

@@ -82,7 +82,7 @@ def predict_top_k(
     path = Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
     meta = {
         "format": "semrec-topk",
-        "model": run._train_fingerprint(),
+        "model": run.train_fingerprint(),
         "catalogue": content_hash(item_ids, run.catalogue()[1].tolist()),
         "k": k,
         "num_beams": num_beams,
