@@ -11,7 +11,7 @@ import pytest
 from semrec.cli import main
 from semrec.config import load_config
 from semrec.data.dataset import DataError
-from semrec.models.module import GenRecModule
+from semrec.decoding import ConstrainedBeamSearch
 from semrec.pipeline import Run, RunError
 from semrec.serving import PredictionError, TopKCache, read_predictions
 from semrec.serving.new_items import add_items
@@ -44,7 +44,7 @@ def test_predict_writes_every_user_once_and_a_killed_predict_resumes(
         assert len(record["items"]) == 5 and record["scores"] == sorted(record["scores"])[::-1]
 
     calls = {"n": 0}
-    original = GenRecModule.recommend
+    original = ConstrainedBeamSearch.search
 
     def dies_on_the_third_batch(self, *args, **kwargs):
         calls["n"] += 1
@@ -52,16 +52,17 @@ def test_predict_writes_every_user_once_and_a_killed_predict_resumes(
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(GenRecModule, "recommend", dies_on_the_third_batch)
+    monkeypatch.setattr(ConstrainedBeamSearch, "search", dies_on_the_third_batch)
     path = tmp_path / "resumed.jsonl"
     with pytest.raises(KeyboardInterrupt):
         predict_top_k(stored(trained), k=5, output=path, batch_size=4, echo=lambda _: None)
-    assert len(read_predictions(path)) == 8
+    written_before_the_kill = len(read_predictions(path))
+    assert 0 < written_before_the_kill < 48
     with open(path, "a") as fh:  # a kill in the middle of a write
         fh.write('{"user": "u40", "items": ["i1"')
-    monkeypatch.setattr(GenRecModule, "recommend", original)
+    monkeypatch.setattr(ConstrainedBeamSearch, "search", original)
     resumed = predict_top_k(stored(trained), k=5, output=path, batch_size=4, echo=lambda _: None)
-    assert resumed.written == 40
+    assert resumed.written == 48 - written_before_the_kill
     records = read_predictions(path)
     assert [r["user"] for r in records] == [r["user"] for r in full]  # no duplicate, none missing
     assert records == full
@@ -90,10 +91,11 @@ def test_seen_items_are_excluded_unless_kept(trained, tmp_path):
     sequences = run.data.dataset.sequences()
     ids = run.data.dataset.item_ids
     path = tmp_path / "all.jsonl"
-    predict_top_k(run, k=10, output=path, echo=lambda _: None)
+    predict_top_k(run, k=16, output=path, echo=lambda _: None)  # all 16 unseen items
     for record in read_predictions(path):
         user = int(record["user"][1:])
         assert not {ids[i] for i in sequences[user]} & set(record["items"])
+        assert len(record["items"]) == 16
 
 
 def test_added_items_are_generated_without_retraining_and_old_sids_stay(trained, tmp_path, capsys):
@@ -187,3 +189,31 @@ def test_the_parquet_copy_holds_the_same_records(tmp_path):
     parquet = write_parquet(path)
     assert read_predictions(parquet) == rows
     assert TopKCache(parquet).recommend("u1", 1) == [("a", -1.0)]
+
+
+def test_users_left_short_by_excluded_items_are_searched_again_with_more_beams():
+    import torch
+
+    from semrec.decoding.beam_search import DecodeResult
+    from semrec.serving.predict import _top_k
+
+    calls = []
+
+    def search(beams, inputs, exclude):
+        # a user with many seen items (row 0) gets beams // 4 items, the other k
+        rows = inputs["input_ids"][:, 0].tolist()
+        calls.append((beams, rows))
+        k = 10
+        found = [min(k, beams // 4) if row == 0 else k for row in rows]
+        items = torch.tensor([[i if i < n else -1 for i in range(k)] for n in found])
+        valid = items >= 0
+        scores = torch.where(valid, -items.float(), torch.tensor(float("-inf")))
+        return DecodeResult(items, scores, valid)
+
+    inputs = {"input_ids": torch.tensor([[0], [1]]), "attention_mask": torch.ones(2, 1)}
+    items, scores, valid = _top_k(search, 20, 1682, inputs, None, 10)
+    assert valid.sum(dim=1).tolist() == [10, 10]
+    assert calls == [(20, [0, 1]), (40, [0])]  # only the short user again, twice the beams
+    calls.clear()
+    _, _, valid = _top_k(search, 20, 30, inputs, None, 10)  # capped at the catalogue
+    assert calls == [(20, [0, 1]), (30, [0])] and valid.sum(dim=1).tolist() == [7, 10]

@@ -5,7 +5,8 @@ Each user's prompt is built from their whole interaction history (the last
 everything known), exactly as evaluation prompts are built, and decoded by the run's
 trie-constrained beam search over the catalogue, items added with ``semrec add-items``
 included. Items the user already interacted with are excluded unless ``exclude_seen`` is
-off. Results go through :class:`~semrec.serving.precache.PredictionWriter` (resumable
+off; a user whose beams ran into so many seen items that fewer than K remain is searched
+again with twice the beams (up to the catalogue size), so every user gets K items. Results go through :class:`~semrec.serving.precache.PredictionWriter` (resumable
 JSONL), then to Parquet when pyarrow is installed.
 """
 
@@ -73,12 +74,23 @@ def predict_top_k(
     if k > len(item_ids):
         raise ValueError(f"--k {k} is more than the {len(item_ids)} items of the catalogue")
     module, datamodule, hf_tokenizer = run.train(allow_training=False)
-    module.set_trie(run.trie(hf_tokenizer, include_added=True))
+    trie = run.trie(hf_tokenizer, include_added=True)
     cfg = run.config.eval
     num_beams = max(k, cfg.num_beams)
-    module.decoder = ConstrainedBeamSearch(
-        num_beams=num_beams, score_mode=cfg.score_mode, autocast_dtype=run.eval_autocast
-    )
+
+    def search(beams: int, inputs: dict, exclude: torch.Tensor | None):
+        decoder = ConstrainedBeamSearch(
+            num_beams=beams, score_mode=cfg.score_mode, autocast_dtype=run.eval_autocast
+        )
+        return decoder.search(
+            module.model,
+            trie,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            k,
+            exclude_items=exclude,
+        )
+
     path = Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
     meta = {
         "format": "semrec-topk",
@@ -108,15 +120,15 @@ def predict_top_k(
             inputs = datamodule.training.collate_prompts(datamodule.training.eval_prompts(examples))
             exclude = _seen(sequences, batch_users) if exclude_seen else None
             with torch.no_grad():
-                result = module.recommend(inputs["input_ids"], inputs["attention_mask"], k, exclude)
+                items, scores, valid = _top_k(search, num_beams, len(item_ids), inputs, exclude, k)
             records = []
             for row, user in enumerate(batch_users):
-                keep = result.valid[row]
+                keep = valid[row]
                 records.append(
                     {
                         "user": dataset.user_ids[user],
-                        "items": [item_ids[i] for i in result.items[row][keep].tolist()],
-                        "scores": [round(s, 6) for s in result.scores[row][keep].tolist()],
+                        "items": [item_ids[i] for i in items[row][keep].tolist()],
+                        "scores": [round(s, 6) for s in scores[row][keep].tolist()],
                     }
                 )
             writer.write(records)
@@ -130,6 +142,21 @@ def predict_top_k(
         + (f" and {parquet}" if parquet else " (install pyarrow for a Parquet copy)")
     )
     return summary
+
+
+def _top_k(search, beams: int, catalogue: int, inputs: dict, exclude, k: int):
+    """Beam search; users left with fewer than ``k`` items (their beams ran into excluded
+    items) are searched again with twice the beams, up to the catalogue size."""
+    result = search(beams, inputs, exclude)
+    items, scores, valid = result.items.clone(), result.scores.clone(), result.valid.clone()
+    short = (valid.sum(dim=1) < k).nonzero().flatten()
+    while short.numel() and beams < catalogue:
+        beams = min(2 * beams, catalogue)
+        subset = {key: value[short] for key, value in inputs.items()}
+        again = search(beams, subset, None if exclude is None else exclude[short])
+        items[short], scores[short], valid[short] = again.items, again.scores, again.valid
+        short = short[valid[short].sum(dim=1) < k]
+    return items, scores, valid
 
 
 def _seen(sequences, users: list[int]) -> torch.Tensor:
