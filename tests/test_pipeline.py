@@ -81,7 +81,7 @@ def test_changing_a_training_key_invalidates_only_training(tiny_run, override):
     run_dir, _, _ = tiny_run
     run = Run(load_config(TINY, [override]), run_dir, echo=lambda _: None)
     assert run._stage_done("tokenizer", run._tokenizer_fingerprint())
-    assert not run._stage_done("train", run._train_fingerprint())
+    assert not run._stage_done("train", run.train_fingerprint())
 
 
 def test_changing_the_item_text_invalidates_the_tokenizer(tiny_run):

@@ -82,7 +82,7 @@ def test_semrec_test_reproduces_the_comprehension_metrics(tsrec_run):
 def test_changed_token_semantics_retrain(tsrec_run, tmp_path):
     run, _, _, _ = tsrec_run
     other = Run(tsrec_config("annotate.token_semantics.items_per_token=1"), tmp_path / "x")
-    assert other._train_fingerprint() != run._train_fingerprint()
+    assert other.train_fingerprint() != run.train_fingerprint()
 
 
 def test_missing_token_semantics_name_the_annotate_command(tmp_path):
