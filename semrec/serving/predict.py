@@ -70,7 +70,7 @@ def predict_top_k(
     if k < 1 or batch_size < 1:
         raise ValueError(f"--k and --batch-size must be >= 1, got {k} and {batch_size}")
     dataset = run.data.dataset
-    item_ids, _ = run.catalogue()
+    item_ids, codes = run.catalogue()
     if k > len(item_ids):
         raise ValueError(f"--k {k} is more than the {len(item_ids)} items of the catalogue")
     module, datamodule, hf_tokenizer = run.train(allow_training=False)
@@ -95,7 +95,7 @@ def predict_top_k(
     meta = {
         "format": "semrec-topk",
         "model": run.train_fingerprint(),
-        "catalogue": content_hash(item_ids, run.catalogue()[1].tolist()),
+        "catalogue": content_hash(item_ids, codes.tolist()),
         "k": k,
         "num_beams": num_beams,
         "score_mode": cfg.score_mode,

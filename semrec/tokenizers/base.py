@@ -87,7 +87,8 @@ class ItemTokenizer(abc.ABC):
 
     @abc.abstractmethod
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Codes [m, <= levels] for unseen items from validated float32 embeddings."""
+        """Codes [m, <= levels] for unseen items from validated float32 embeddings (of the
+        fit's width, when the fit recorded ``info["input_dim"]``)."""
 
     @abc.abstractmethod
     def _model_state(self) -> dict[str, torch.Tensor]:
@@ -114,7 +115,14 @@ class ItemTokenizer(abc.ABC):
         existing one (or another new one) is reported with a :class:`SIDConflictWarning`.
         """
         existing = self.codes
-        new = self._encode_new(_check_embeddings(embeddings))
+        embeddings = _check_embeddings(embeddings)
+        expected = self._require_fitted().info.get("input_dim")
+        if expected is not None and embeddings.shape[1] != expected:
+            raise ValueError(
+                f"expected embeddings of dimension {expected} (as in fit), "
+                f"got {embeddings.shape[1]}"
+            )
+        new = self._encode_new(embeddings)
         if new.shape[1] < existing.shape[1]:
             pad = torch.full((new.shape[0], existing.shape[1] - new.shape[1]), PAD)
             new = torch.cat([new, pad], dim=1)

@@ -460,11 +460,6 @@ class BehaviorCodebookTokenizer(ItemTokenizer):
 
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
         model = self._require_model()
-        expected = self._require_fitted().info["input_dim"]
-        if embeddings.shape[1] != expected:
-            raise ValueError(
-                f"expected embeddings of dimension {expected} (as in fit), got {embeddings.shape[1]}"
-            )
         return model.encode(embeddings)[0]
 
     def _model_state(self) -> dict[str, torch.Tensor]:

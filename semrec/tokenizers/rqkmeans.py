@@ -155,12 +155,6 @@ class RQKMeansTokenizer(ItemTokenizer):
 
     # ---------------------------------------------------------------- new items
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
-        expected = self._require_fitted().info["input_dim"]
-        if embeddings.shape[1] != expected:
-            raise ValueError(
-                f"expected embeddings of dimension {expected} (as in fit), "
-                f"got {embeddings.shape[1]}"
-            )
         if self.normalize:
             embeddings = F.normalize(embeddings, dim=1)
         return self.quantizer.encode(self._project(embeddings))

@@ -194,12 +194,6 @@ class RQVAEUSMTokenizer(ItemTokenizer):
     # ---------------------------------------------------------------- new items
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
         model = self._require_model()
-        expected = model.encoder[0].in_features
-        if embeddings.shape[1] != expected:
-            raise ValueError(
-                f"expected embeddings of dimension {expected} (as in fit), "
-                f"got {embeddings.shape[1]}"
-            )
         return model.argmin_codes(embeddings)[0]
 
     # -------------------------------------------------------------- persistence
