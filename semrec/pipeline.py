@@ -251,15 +251,22 @@ class Run:
             params.setdefault("seed", self.config.seed)
         return factory(**params)
 
+    @cached_property
+    def embedder_output(self) -> torch.Tensor:
+        """The embedder's own item vectors [n_items, d], from its cache when it has run before."""
+        from semrec.embedders import embed_cached
+
+        data = self.data
+        return embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
+
     def item_embeddings(self) -> torch.Tensor:
         """The embedder's item vectors; with ``embedder.cold_start: text`` the items without a
         training interaction get text-regressed ones (:mod:`semrec.embedders.cold_start`)."""
         from semrec.data.split import items_in_train
-        from semrec.embedders import embed_cached
 
         start = time.perf_counter()
         data = self.data
-        embeddings = embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
+        embeddings = self.embedder_output.clone()
         name = self.config.embedder.name
         source = f"{name} ({self.config.encoder.name})" if name == "text" else name
         note = ""
@@ -297,12 +304,11 @@ class Run:
     def cold_start_regressor(self):
         """``embedder.cold_start: text``: the text-to-CF regressor fitted on the warm items."""
         from semrec.data.split import items_in_train
-        from semrec.embedders import TextToCF, embed_cached
+        from semrec.embedders import TextToCF
 
-        data = self.data
-        cf = embed_cached(self.embedder, data.dataset, data.split, data.item_texts)
-        warm = torch.from_numpy(items_in_train(data.split))
-        return TextToCF(seed=self.config.seed).fit(self.text_embeddings()[warm], cf[warm])
+        warm = torch.from_numpy(items_in_train(self.data.split))
+        cf = self.embedder_output[warm]
+        return TextToCF(seed=self.config.seed).fit(self.text_embeddings()[warm], cf)
 
     def llm_alignment_targets(self) -> torch.Tensor:
         """Each item's mean LLM input embedding over its text (a tokenizer's LLM alignment).

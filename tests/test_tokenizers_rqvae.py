@@ -12,6 +12,7 @@ from semrec.tokenizers import (
     VanillaIDTokenizer,
     load_tokenizer,
 )
+from semrec.tokenizers.base import SIDConflictWarning
 from semrec.tokenizers.collisions import PAD, collision_groups, is_prefix_free
 from semrec.tokenizers.rqvae import RQVAE, mlp, train_rqvae
 
@@ -111,7 +112,8 @@ def test_rqvae_usm_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.codes, tok.codes)
     assert loaded.config() == tok.config() and loaded.stats() == tok.stats()
     new = embeddings(7, seed=1)
-    encoded = loaded.encode_new(new)  # padded to the width of the fitted codes
+    with pytest.warns(SIDConflictWarning, match="new items got a SID"):
+        encoded = loaded.encode_new(new)  # padded to the width of the fitted codes
     assert torch.equal(encoded[:, :2], tok.model.argmin_codes(new)[0])
     assert bool((encoded[:, 2:] == PAD).all())
     with pytest.raises(ValueError, match="dimension 16"):

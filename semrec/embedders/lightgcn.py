@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semrec.data.dataset import RecDataset
-from semrec.data.split import Split, items_in_train, sequences_from_examples
+from semrec.data.split import Split, sequences_from_examples
 from semrec.embedders.base import ITEM_EMBEDDERS, ItemEmbedder
 
 
@@ -146,7 +146,7 @@ class LightGCNEmbedder(ItemEmbedder):
                 final = model.propagate(adjacency)
         self.user_embeddings = final[:num_users].clone()
         items = final[num_users:].clone()
-        self.cold_items = int((~items_in_train(split)).sum())
+        self.cold_items = num_items - len(np.unique(pairs[:, 1]))
         return items
 
     def _train(

@@ -52,13 +52,12 @@ from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCod
 from semrec.tokenizers.collisions import (
     COLLISION_STRATEGIES,
     OVERFLOW_POLICIES,
-    collision_rate,
     resolve_collisions,
 )
 from semrec.tokenizers.kmeans import kmeans
 from semrec.tokenizers.rqvae import mlp
 from semrec.tokenizers.rqvae_usm import _codebook_sizes, check_capacity
-from semrec.tokenizers.small_trainer import fit_on_cpu
+from semrec.tokenizers.small_trainer import fit_on_cpu, log_code_health
 
 RESIDUALS = ("abs", "difference")
 DISTANCES = ("cosine", "l2")
@@ -243,15 +242,11 @@ class BehaviorCodebookTraining(lightning.LightningModule):
         codes, _ = self.model.encode(self.items)
         record: dict[str, Any] = {"epoch": self.current_epoch}
         record.update({f"{name}_loss": total / self._count for name, total in self._sums.items()})
-        record["code_usage"] = [
-            int(codes[:, level].unique().numel()) / int(codebook.shape[0])
-            for level, codebook in enumerate(self.model.codebooks)
-        ]
-        record["collision_rate"] = collision_rate(codes)
+        sizes = [int(codebook.shape[0]) for codebook in self.model.codebooks]
+        record.update(log_code_health(self, codes, sizes))
         self._sums.clear()
         self._count = 0
         self.history.append(record)
-        self.log("epoch/collision_rate", record["collision_rate"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

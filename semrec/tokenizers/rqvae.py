@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from semrec.tokenizers.collisions import collision_rate
 from semrec.tokenizers.kmeans import kmeans
 from semrec.tokenizers.sinkhorn import (
     DEFAULT_EPSILON,
@@ -37,7 +36,7 @@ from semrec.tokenizers.sinkhorn import (
     sinkhorn_codes,
     squared_distances,
 )
-from semrec.tokenizers.small_trainer import fit_on_cpu
+from semrec.tokenizers.small_trainer import fit_on_cpu, log_code_health
 
 #: LC-Rec's encoder widths (its decoder mirrors them); the latent (code) dimension is 32.
 LCREC_HIDDEN_LAYERS = (2048, 1024, 512, 256)
@@ -219,22 +218,15 @@ class RQVAETraining(lightning.LightningModule):
         quant = sum(loss * size for _, loss, size in self._epoch_losses) / total
         self._epoch_losses.clear()
         codes, _ = self.model.argmin_codes(self.items)
-        usage = [
-            int(codes[:, level].unique().numel()) / int(codebook.shape[0])
-            for level, codebook in enumerate(self.model.codebooks)
-        ]
+        sizes = [int(codebook.shape[0]) for codebook in self.model.codebooks]
         record = {
             "epoch": self.current_epoch,
             "reconstruction_loss": recon,
             "quantization_loss": quant,
-            "code_usage": usage,
-            "collision_rate": collision_rate(codes),
+            **log_code_health(self, codes, sizes),
         }
         self.history.append(record)
         self.log("epoch/reconstruction_loss", recon)
-        self.log("epoch/collision_rate", record["collision_rate"])
-        for level, value in enumerate(usage):
-            self.log(f"epoch/code_usage_level_{level}", value)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

@@ -3,7 +3,8 @@
 :func:`fit_on_cpu` builds the LightningModule inside a private RNG state (the global one is
 restored), with deterministic torch kernels, and trains it in a CPU ``lightning.Trainer``
 that writes no checkpoint files and prints no banner. ``log_dir`` adds a CSV logger
-writing there; without it nothing is written to disk.
+writing there; without it nothing is written to disk. :func:`log_code_health` is the
+per-epoch code usage and collision rate both trainers record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from semrec.known_warnings import hide_known_warnings
+from semrec.tokenizers.collisions import collision_rate
 
 ModuleT = TypeVar("ModuleT", bound=lightning.LightningModule)
 
@@ -64,6 +66,24 @@ def fit_on_cpu(
             )
             trainer.fit(module, loader)
     return module
+
+
+def log_code_health(
+    module: lightning.LightningModule, codes: torch.Tensor, codebook_sizes: list[int]
+) -> dict[str, Any]:
+    """Per-level fraction of codes used and the collision rate of ``codes`` [n, levels].
+
+    Logs them as ``epoch/code_usage_level_<n>`` and ``epoch/collision_rate`` and returns
+    ``{"code_usage": [...], "collision_rate": ...}`` for the epoch history.
+    """
+    usage = [
+        int(codes[:, level].unique().numel()) / size for level, size in enumerate(codebook_sizes)
+    ]
+    health = {"code_usage": usage, "collision_rate": collision_rate(codes)}
+    module.log("epoch/collision_rate", health["collision_rate"])
+    for level, value in enumerate(usage):
+        module.log(f"epoch/code_usage_level_{level}", value)
+    return health
 
 
 @contextlib.contextmanager
