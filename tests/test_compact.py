@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from semrec.data import RecDataset, leave_one_out
+from semrec.data.batching import IGNORE_INDEX
 from semrec.data.compact import CompactSequences, consecutive_runs
 from semrec.data.datamodule import epoch_batches
 from semrec.models.backbone import scratch_backbone
 from semrec.models.loss import response_loss
-from semrec.models.prompting import IGNORE_INDEX
 
 
 def _dataset(lengths: list[int], num_items: int = 12, seed: int = 0) -> RecDataset:

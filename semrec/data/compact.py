@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from semrec.data.batching import IGNORE_INDEX, left_pad
 from semrec.data.split import Example, Split
-from semrec.models.prompting import IGNORE_INDEX, left_pad
 
 
 @dataclass(frozen=True)

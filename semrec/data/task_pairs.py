@@ -1,8 +1,8 @@
 """Instruction pairs rendered from tasks: the training source of the text prompt formats.
 
 Each epoch draws a fresh mixture of the configured tasks (new template per example, LC-Rec
-section III-D), renders it through the model's :class:`~semrec.models.prompting.PromptFormatter`
-and tokenizes it once; valid/test prompts come from the evaluation task's template 0.
+section III-D), renders it through the :class:`~semrec.data.batching.PromptEncoder` passed in
+(the model's prompt formatter) and tokenizes it once; valid/test prompts come from the evaluation task's template 0.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import random
 
 import torch
 
+from semrec.data.batching import PromptEncoder
 from semrec.data.split import Example
-from semrec.models.prompting import PromptFormatter
 from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
 
 EncodedPair = tuple[list[int], list[int]]
@@ -29,7 +29,7 @@ class TaskPairs:
         ctx: TaskContext,
         tasks: list[tuple[Task, float]],
         eval_task: RecommendationTask,
-        formatter: PromptFormatter,
+        formatter: PromptEncoder,
         *,
         max_train_samples: int | None = None,
         seed: int = 0,

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+from semrec.data.batching import IGNORE_INDEX, left_pad
+
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 @dataclass
 class PromptFormatter:
-    """Wraps instructions in the model's chat template (or a plain one) and tokenizes.
+    """The :class:`~semrec.data.batching.PromptEncoder` of a Hugging Face tokenizer.
+
+    Wraps instructions in the model's chat template (or a plain one) and tokenizes.
 
     The response is followed by the tokenizer's EOS token; the training loss covers the
     response and that EOS only (labels of prompt and padding are ``-100``).
@@ -76,14 +79,3 @@ class PromptFormatter:
     def collate_prompts(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad prompts for generation."""
         return left_pad(prompt_ids, self.tokenizer.pad_token_id)
-
-
-def left_pad(prompt_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` of left-padded prompts (for generation)."""
-    length = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompt_ids), length), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids)
-        attention[row, length - len(ids) :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention}

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from semrec.models.prompting import IGNORE_INDEX
+from semrec.data.batching import IGNORE_INDEX
 
 
 class TrainingSpeed(L.Callback):
