@@ -117,7 +117,7 @@ STALLING_FIT = """
 import sys, time
 from pathlib import Path
 import lightning as L
-import semrec.pipeline as pipeline
+import semrec.factories.training as training
 from semrec.cli import main
 
 class Stall(L.Callback):
@@ -127,8 +127,8 @@ class Stall(L.Callback):
             Path({ready!r}).write_text("stalled")
             time.sleep(600)
 
-original = pipeline._resume_checkpoints
-pipeline._resume_checkpoints = lambda *a: [*original(*a), Stall()]
+original = training.resume_checkpoints
+training.resume_checkpoints = lambda *a: [*original(*a), Stall()]
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -14,7 +14,7 @@ from semrec.data.dataset import DataError
 from semrec.decoding import ConstrainedBeamSearch
 from semrec.pipeline import Run, RunError
 from semrec.serving import PredictionError, TopKCache, read_predictions
-from semrec.serving.new_items import add_items
+from semrec.serving.new_items import add_items, added_items
 from semrec.serving.predict import predict_top_k
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
@@ -113,7 +113,7 @@ def test_added_items_are_generated_without_retraining_and_old_sids_stay(trained,
     run = stored(run_dir)
     assert run.tokenizer.index() == before  # no existing SID changed
     assert {p.name: p.read_bytes() for p in (run_dir / "adapter").iterdir()} == adapter
-    (added,) = run.added_items()
+    (added,) = added_items(run.run_dir)
     assert added["sid"] not in {"".join(tokens) for tokens in before.values()}
     ids, codes = run.catalogue()
     assert ids[-1] == "fresh" and codes.shape[0] == 25
@@ -161,7 +161,7 @@ def test_a_cf_run_adds_text_only_items_through_the_cold_start_regressor(tmp_path
     (added,) = add_items(run, new_items, echo=lines.append)
     assert stored(tmp_path / "run").tokenizer.index() == before
     assert len(added["codes"]) == 2 and added["sid"].startswith("<a_")
-    assert run.cold_start_regressor.validation_r2 is not None
+    assert run.vectors.cold_start_regressor.validation_r2 is not None
 
     without = Run(
         load_config(

@@ -13,10 +13,12 @@ stopping on ``split.valid``) and add ``fit/...`` entries (epochs run, best epoch
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from semrec.cf import GRU4Rec, SASRec
+from semrec.config import EvalConfig
 from semrec.data.split import Example, Split
 from semrec.evaluation.popularity import evaluate_popularity
 from semrec.registry import Registry
@@ -61,3 +63,46 @@ class Popularity:
 
 BASELINES.register("sasrec")(SASRec)
 BASELINES.register("gru4rec")(GRU4Rec)
+
+
+def run_baselines(
+    cfg: EvalConfig,
+    seed: int,
+    split: Split,
+    examples: Mapping[str, Sequence[Example]],
+    exclude: Mapping[str, Sequence[Sequence[int]]] | None,
+    echo: Callable[[str], None] = print,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``eval.baselines`` on ``examples``: (``{name}/{part}/{metric}`` metrics, seconds per name).
+
+    Learned baselines (SASRec, GRU4Rec) are fitted on ``split`` or reused from the cache of
+    fitted models (``cache_dir()/cf``); their seed defaults to ``seed``.
+    """
+    from semrec.cf import SequentialRecommender, fit_cached
+
+    metrics: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for name in cfg.baselines:
+        factory = BASELINES.get(name)
+        params = dict(cfg.baseline_params.get(name, {}))
+        learned = isinstance(factory, type) and issubclass(factory, SequentialRecommender)
+        if learned:
+            params.setdefault("seed", seed)
+        baseline = factory(**params)
+        start = time.perf_counter()
+        if learned:
+            fit_cached(baseline, split)
+            stopped = (
+                f"stopped early (best epoch {baseline.best_epoch})"
+                if baseline.epochs_run < baseline.max_epochs
+                else f"reached its max_epochs cap (best epoch {baseline.best_epoch})"
+            )
+            echo(
+                f"[baselines] {name}: {baseline.epochs_run} epochs, {stopped}; "
+                + ("reused from the cache, " if baseline.from_cache else "")
+                + f"fitted in {baseline.fit_seconds:.0f} s"
+            )
+        scores = baseline.evaluate(split, examples, cfg.ks, exclude)
+        seconds[name] = round(time.perf_counter() - start, 2)
+        metrics.update({f"{name}/{key}": value for key, value in scores.items()})
+    return metrics, seconds

@@ -1,6 +1,10 @@
-"""The markdown metrics table printed at the end of a run and saved as ``metrics.md``."""
+"""What a run prints and saves: the metrics table (``metrics.md``), its notes, tokenizer stats."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from semrec.config import ExperimentConfig
 
 
 def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | None = None) -> str:
@@ -33,4 +37,77 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
         )
     for note in notes or []:
         lines.append(f"\nNote: {note}")
+    return "\n".join(lines)
+
+
+def hr_stderr(p: float, n: int) -> float:
+    """Standard error of a hit rate ``p`` over ``n`` users (binomial)."""
+    return (p * (1 - p) / max(n, 1)) ** 0.5
+
+
+def report_notes(
+    metrics: dict[str, float], config: ExperimentConfig, n_test_users: int, n_train_examples: int
+) -> list[str]:
+    """The notes under the metrics table: user sample, ranking protocol, capped baselines."""
+    ev = config.eval
+    notes = []
+    n_test = int(metrics.get("test/users", 0))
+    if n_test < n_test_users:
+        notes.append(
+            f"test metrics on {n_test} of {n_test_users} users "
+            f"(eval.max_test_users={ev.max_test_users}); standard error of "
+            f"HR@10 ~ {hr_stderr(metrics.get('test/hr@10', 0.0), n_test):.3f}"
+        )
+    notes.append(
+        "ranking: "
+        + (
+            "exact (every item scored)"
+            if ev.exact_ranking
+            else f"beam search ({ev.num_beams} beams)"
+        )
+        + f", history items {'masked' if ev.mask_history else 'not masked'} (eval.mask_history)"
+        + f", decoding in {'bf16' if ev.precision == 'bf16' else 'fp32'}"
+    )
+    k = max(ev.ks)
+    if f"test_beam/hr@{k}" in metrics:
+        exact, beam = metrics[f"test/hr@{k}"], metrics[f"test_beam/hr@{k}"]
+        notes.append(
+            f"beam search ({ev.num_beams} beams) vs exact ranking: HR@{k} {beam:.4f} vs "
+            f"{exact:.4f} ({beam - exact:+.4f}), NDCG@{k} {metrics[f'test_beam/ndcg@{k}']:.4f}"
+            f" vs {metrics[f'test/ndcg@{k}']:.4f}"
+        )
+    for name in ev.baselines:
+        cap = ev.baseline_params.get(name, {}).get("max_epochs")
+        if cap is not None and metrics.get(f"{name}/fit/epochs") == cap:
+            notes.append(
+                f"{name} stopped at its epoch cap (eval.baseline_params.{name}.max_epochs="
+                f"{cap}) before early stopping would have: it is under-trained here"
+            )
+    if config.train.max_train_samples:
+        notes.append(
+            f"trained on {config.train.max_train_samples} sampled pairs per epoch "
+            f"(train.max_train_samples), not the full {n_train_examples}"
+        )
+    return notes
+
+
+def format_tokenizer_stats(stats: dict[str, Any]) -> str:
+    """Short human summary of :meth:`~semrec.tokenizers.ItemTokenizer.stats`."""
+    resolution = stats.get("collision_resolution", {})
+    details = ", ".join(
+        f"{key}={value}"
+        for key, value in resolution.items()
+        if key != "strategy" and isinstance(value, (int, float, str, bool))
+    )
+    lines = [
+        f"[tokenize] {stats.get('n_items')} items, {stats.get('levels')} levels; "
+        f"collision rate {stats.get('collision_rate_before', 0):.4f} before resolution, "
+        f"{stats.get('collision_rate_after', 0):.4f} after "
+        f"({resolution.get('strategy', 'none')}{': ' + details if details else ''})"
+    ]
+    for level in stats.get("per_level", []):
+        lines.append(
+            f"  level {level.get('level')}: {level.get('used_codes')}/{level.get('codebook_size')} "
+            f"codes used, normalised entropy {level.get('normalized_entropy') or 0:.3f}"
+        )
     return "\n".join(lines)

@@ -268,3 +268,42 @@ def _check_inputs(
     duplicated = len(items) - len(set(items))
     if duplicated:
         raise ValueError(f"items lists {duplicated} item(s) more than once")
+
+
+class NoTitlesError(ValueError):
+    """The dataset has no item titles to probe."""
+
+
+def probe_dataset(
+    model: nn.Module,
+    formatter: PromptFormatter,
+    trie: SIDTrie,
+    dataset,
+    sids: Sequence[str],
+    cfg,
+    *,
+    seed: int,
+    batch_size: int,
+) -> UnderstandingResult:
+    """:func:`evaluate_token_understanding` on a ``cfg.max_items`` sample of ``dataset``'s titled
+    items (``cfg``: the ``eval.token_understanding`` section)."""
+    from semrec.tasks.item_fields import field_text
+
+    titles = [field_text(dataset, item, "title") for item in range(dataset.num_items)]
+    if not any(title and title.strip() for title in titles):
+        raise NoTitlesError(
+            f"eval.token_understanding needs item titles; no item of dataset "
+            f"{dataset.name!r} has one"
+        )
+    return evaluate_token_understanding(
+        model,
+        formatter,
+        trie,
+        sample_items(titles, cfg.max_items, seed),
+        titles,
+        sids,
+        num_beams=cfg.num_beams,
+        batch_size=batch_size,
+        title2sid_template=cfg.title2sid_template,
+        sid2title_template=cfg.sid2title_template,
+    )

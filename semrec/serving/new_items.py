@@ -106,12 +106,21 @@ def assign_new_codes(existing: torch.Tensor, new: torch.Tensor, last_size: int, 
     return resolved[existing.shape[0] :]
 
 
+def added_items(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records ``semrec add-items`` appended to the run in ``run_dir`` (oldest first)."""
+    path = Path(run_dir) / ADDED_ITEMS_FILE
+    return read_json(path)["items"] if path.is_file() else []
+
+
 def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
     """Give the items of ``items_path`` SIDs in a trained ``run``; returns the added records."""
+    from semrec.factories.data import new_item_texts
+
     item_ids, codes = run.catalogue()
     records = read_new_items(items_path, set(item_ids))
     tokenizer = run.tokenizer
-    vectors = run.new_item_vectors(records, source=str(items_path))
+    texts = new_item_texts(run.config.dataset.text, run.data.dataset, records)
+    vectors = run.vectors.new_item_vectors(records, texts, source=str(items_path))
     with warnings.catch_warnings():  # conflicts are resolved below
         warnings.simplefilter("ignore", SIDConflictWarning)
         raw = tokenizer.encode_new(vectors)
@@ -123,7 +132,7 @@ def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
     new = assign_new_codes(codes, raw, tokenizer.codebook_sizes[-1], run.config.seed)
     moved = int((new != raw).any(dim=1).sum())
     added = []
-    for record, row, text in zip(records, new.tolist(), run.new_item_texts(records)):
+    for record, row, text in zip(records, new.tolist(), texts):
         added.append(
             {
                 "id": record["id"],
@@ -132,7 +141,7 @@ def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
                 "sid": "".join(tokenizer.token(level, code) for level, code in enumerate(row)),
             }
         )
-    previous = run.added_items()
+    previous = added_items(run.run_dir)
     write_json(run.run_dir / ADDED_ITEMS_FILE, {"items": previous + added})
     echo(
         f"[add-items] {len(added)} items added ({moved} moved to a free last-level code to "

@@ -65,7 +65,7 @@ def predict_top_k(
     echo: Callable[[str], None] = print,
 ) -> PredictionSummary:
     """Write the top-``k`` items of ``users`` (external ids; None: all) for a trained ``run``."""
-    from semrec.decoding import ConstrainedBeamSearch
+    from semrec.factories.decoding import beam_search
 
     if k < 1 or batch_size < 1:
         raise ValueError(f"--k and --batch-size must be >= 1, got {k} and {batch_size}")
@@ -79,10 +79,7 @@ def predict_top_k(
     num_beams = max(k, cfg.num_beams)
 
     def search(beams: int, inputs: dict, exclude: torch.Tensor | None):
-        decoder = ConstrainedBeamSearch(
-            num_beams=beams, score_mode=cfg.score_mode, autocast_dtype=run.eval_autocast
-        )
-        return decoder.search(
+        return beam_search(cfg, beams).search(
             module.model,
             trie,
             inputs["input_ids"],

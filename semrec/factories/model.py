@@ -1,0 +1,81 @@
+"""The LLM of a run: backbone, SID tokens, optional SA-Init and LoRA/QLoRA; its prompt formatter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from semrec.config import ModelConfig
+from semrec.models.prompting import PromptFormatter
+from semrec.run_directory import RunError
+from semrec.tokenizers import ItemTokenizer
+
+
+def build_model(
+    cfg: ModelConfig,
+    tokenizer: ItemTokenizer,
+    *,
+    seed: int,
+    token_semantics: dict[str, Any] | None = None,
+    echo: Callable[[str], None] = print,
+):
+    """Backbone + SID tokens (+ SA-Init) + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
+    from semrec.models.adapters import apply_lora, count_parameters
+    from semrec.models.backbone import load_backbone, scratch_backbone
+    from semrec.models.vocabulary import add_sid_tokens
+
+    if cfg.backbone == "scratch":
+        model, hf_tokenizer = scratch_backbone(
+            tokenizer.token_strings(), **cfg.scratch.model_dump(), seed=seed
+        )
+    else:
+        model, hf_tokenizer = load_backbone(
+            cfg.backbone,
+            quantization=cfg.quantization,
+            tiny_hidden_size=cfg.tiny_hidden_size,
+            seed=seed,
+        )
+    sid_ids = add_sid_tokens(
+        model, hf_tokenizer, tokenizer.token_strings(), init=cfg.embedding_init, seed=seed
+    )
+    if cfg.semantic_init.enabled:
+        from semrec.models.semantic_init import semantic_init
+
+        keywords = {token: sem.keywords for token, sem in (token_semantics or {}).items()}
+        report = semantic_init(
+            model,
+            hf_tokenizer,
+            tokenizer.level_token_strings(),
+            keywords,
+            depth=cfg.semantic_init.depth,
+        )
+        echo(f"[model] {report.summary()}")
+    if cfg.lora.enabled:
+        lora = cfg.lora
+        model = apply_lora(
+            model,
+            sid_ids,
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            new_tokens=lora.new_tokens,
+            quantized=cfg.quantization is not None,
+        )
+    elif cfg.quantization is not None:
+        raise RunError("model.quantization needs model.lora.enabled: true (QLoRA)")
+    trainable, total = count_parameters(model)
+    echo(
+        f"[model] {cfg.backbone}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M "
+        f"trainable ({100 * trainable / total:.2f}%), {len(sid_ids)} SID tokens added"
+    )
+    return model, hf_tokenizer, sid_ids
+
+
+def prompt_formatter(cfg: ModelConfig, hf_tokenizer) -> PromptFormatter:
+    return PromptFormatter(
+        hf_tokenizer,
+        use_chat_template=cfg.use_chat_template,
+        system_prompt=cfg.system_prompt,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+    )

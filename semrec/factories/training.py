@@ -1,0 +1,213 @@
+"""Training from ``train:``/``model:``/``eval:``: the data module, the LightningModule, the Trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semrec.config import ExperimentConfig, TrainConfig
+from semrec.data import Split
+from semrec.data.batching import PromptEncoder
+from semrec.data.compact import CompactSequences
+from semrec.data.datamodule import GenRecDataModule, TrainingData
+from semrec.data.task_pairs import TaskPairs
+from semrec.decoding import ConstrainedBeamSearch, SIDTrie
+from semrec.run_directory import RunError
+from semrec.tasks import TASKS, RecommendationTask, Task, TaskContext
+from semrec.tokenizers import ItemTokenizer
+
+
+def build_tasks(config: ExperimentConfig) -> list[tuple[Task, float]]:
+    """The configured (task, weight) pairs of ``tasks:``."""
+    return [(TASKS.get(t.name)(**t.params), t.weight) for t in config.tasks]
+
+
+def compact_sequences(
+    config: ExperimentConfig, split: Split, tokenizer: ItemTokenizer, hf_tokenizer
+) -> CompactSequences:
+    """The compact format's training windows (``model.prompt_format: compact``)."""
+    return CompactSequences(
+        split,
+        [
+            hf_tokenizer.convert_tokens_to_ids(tokenizer.item_tokens(i))
+            for i in range(tokenizer.n_items)
+        ],
+        sep_id=hf_tokenizer.sep_token_id,
+        pad_id=hf_tokenizer.pad_token_id,
+        max_history=config.dataset.max_history,
+        window_items=config.model.compact_window,
+    )
+
+
+def task_pairs(
+    config: ExperimentConfig,
+    context: TaskContext,
+    tasks: list[tuple[Task, float]],
+    formatter: PromptEncoder,
+    echo: Callable[[str], None] = print,
+) -> TaskPairs:
+    """The text formats' instruction pairs; valid/test prompts come from ``eval.task``."""
+    for task, _ in tasks:
+        for note in task.notes():
+            echo(f"[tasks] {note}")
+    eval_name = config.eval.task
+    eval_task = next((t for t, _ in tasks if t.name == eval_name), None)
+    if eval_task is None:
+        eval_task = TASKS.get(eval_name)()
+    if not isinstance(eval_task, RecommendationTask):
+        raise RunError(
+            f"eval.task: {eval_name!r} does not recommend items (its response is not a "
+            "SID); use a recommendation task such as 'seq'"
+        )
+    return TaskPairs(
+        context,
+        tasks,
+        eval_task,
+        formatter,
+        max_train_samples=config.train.max_train_samples,
+        seed=config.seed,
+    )
+
+
+def build_datamodule(
+    config: ExperimentConfig, split: Split, training: TrainingData
+) -> GenRecDataModule:
+    cfg = config
+    return GenRecDataModule(
+        training,
+        split,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.eval.batch_size,
+        max_valid_users=cfg.eval.max_valid_users,
+        max_test_users=cfg.eval.max_test_users,
+        mask_history=cfg.eval.mask_history,
+        bucket_by_length=cfg.train.bucket_by_length,
+        seed=cfg.seed,
+    )
+
+
+def build_module(
+    config: ExperimentConfig,
+    model: torch.nn.Module,
+    decoder: ConstrainedBeamSearch,
+    trie: SIDTrie,
+    exact_ranker=None,
+):
+    from semrec.models.module import GenRecModule
+
+    return GenRecModule(
+        model,
+        decoder,
+        trie,
+        ks=config.eval.ks,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        warmup_ratio=config.train.warmup_ratio,
+        exact_ranker=exact_ranker,
+    )
+
+
+def resolve_precision(train: TrainConfig) -> str:
+    from semrec.models.backbone import resolve_precision as resolve
+
+    return resolve(train.precision)
+
+
+def monitored_metric(config: ExperimentConfig) -> str:
+    """The validation metric that picks the best adapter and drives early stopping."""
+    return f"val/ndcg@{max(config.eval.ks)}"
+
+
+def resume_checkpoints(directory: Path, train: TrainConfig) -> list[Any]:
+    """Lightning ``ModelCheckpoint`` callbacks writing full checkpoints for ``fit --resume``:
+    ``step.ckpt`` every ``train.checkpoint_every_n_steps`` optimizer steps and
+    ``validation.ckpt`` after each validation (each file holds only the newest)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    common = {"dirpath": directory, "save_top_k": 1, "enable_version_counter": False}
+    callbacks = [ModelCheckpoint(filename="validation", save_on_train_epoch_end=False, **common)]
+    if train.checkpoint_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                filename="step", every_n_train_steps=train.checkpoint_every_n_steps, **common
+            )
+        )
+    return callbacks
+
+
+def fit_callbacks(
+    config: ExperimentConfig,
+    best_checkpoint: Any,
+    checkpoints: Path,
+    echo: Callable[[str], None] = print,
+    extra: Sequence[Any] = (),
+) -> list[Any]:
+    """Best-adapter checkpoint, resume checkpoints, speed log, early stopping, then ``extra``."""
+    import lightning as L
+
+    from semrec.models.speed import TrainingSpeed
+
+    callbacks: list[Any] = [
+        best_checkpoint,
+        *resume_checkpoints(checkpoints, config.train),
+        TrainingSpeed(echo),
+    ]
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            L.pytorch.callbacks.EarlyStopping(
+                monitor=monitored_metric(config),
+                mode="max",
+                patience=config.train.early_stopping_patience,
+            )
+        )
+    return [*callbacks, *extra]
+
+
+def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
+    """The training ``lightning.Trainer``: CSV and TensorBoard logs in ``run_dir``."""
+    import lightning as L
+
+    from semrec.models.checkpoint import AtomicCheckpointIO
+
+    train = config.train
+    return L.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=train.epochs,
+        max_steps=train.max_steps,
+        precision=resolve_precision(train),
+        accumulate_grad_batches=train.accumulate_grad_batches,
+        gradient_clip_val=train.gradient_clip,
+        val_check_interval=train.val_check_interval,
+        check_val_every_n_epoch=train.check_val_every_n_epoch,
+        log_every_n_steps=train.log_every_n_steps,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        logger=[
+            L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+            L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
+        ],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+    )
+
+
+def test_trainer(config: ExperimentConfig):
+    """The evaluation ``lightning.Trainer`` (no logger, no checkpoints)."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="auto",
+        devices=1,
+        # the decoder applies eval.precision itself; a bf16 Trainer would autocast it
+        precision="bf16-true" if resolve_precision(config.train) == "bf16-true" else "32",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+    )

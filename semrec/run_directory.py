@@ -1,0 +1,146 @@
+"""A run directory's bookkeeping: its format, the stage fingerprints, the stored config.
+
+:class:`RunDirectory` checks that a directory can be written (or, for a read-only run, that
+it was made by this run-directory format), records in ``stages.json`` the fingerprint of
+each finished stage so an unchanged stage is reused, and refuses a config that differs
+from the stored one in keys that would change what was trained.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from semrec.artifacts import atomic_write, read_json, write_json
+from semrec.config import ExperimentConfig, config_diff, dump_config, load_config
+
+
+class RunError(RuntimeError):
+    """A run directory is inconsistent with the config or incomplete."""
+
+
+# Version of the run-directory layout; stages.json records it. Bump it when stored
+# artifacts change meaning so an older run directory is refused, not misread.
+RUN_FORMAT = 2
+CHECKPOINTS = "checkpoints"
+STAGE_ORDER = ("tokenizer", "train")  # a stage depends on the ones before it
+
+
+class RunDirectory:
+    """The files of one run: ``stages.json``, ``config.yaml``, ``checkpoints/``, ``hf_tokenizer/``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._check_format()
+
+    @property
+    def stages_file(self) -> Path:
+        return self.path / "stages.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def check_writable(self) -> None:
+        """Fail before any work if the directory cannot be created or written."""
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is read-only"
+        else:
+            return
+        raise RunError(f"run directory {self.path} is not writable: {problem}")
+
+    def _check_format(self) -> None:
+        """Refuse a run directory written by another semrec run-directory format."""
+        if not self.stages_file.exists():
+            return
+        try:
+            found = read_json(self.stages_file).get("format")
+        except (OSError, ValueError, AttributeError) as err:
+            raise RunError(f"{self.stages_file} is not a readable stages file: {err}") from None
+        if found != RUN_FORMAT:
+            raise RunError(
+                f"{self.stages_file}: run directory format {found or 1} (an older semrec), this "
+                f"semrec writes format {RUN_FORMAT}; rerun `semrec fit` with a new --run-dir "
+                "(nothing in this directory was changed)"
+            )
+
+    def stages(self) -> dict[str, Any]:
+        return read_json(self.stages_file) if self.stages_file.exists() else {}
+
+    def stage_done(self, name: str, fingerprint: str) -> bool:
+        return self.stages().get(name) == fingerprint
+
+    def mark_stage(self, name: str, fingerprint: str) -> None:
+        """Record ``name`` as finished with ``fingerprint``; later stages are forgotten."""
+        stages = self.stages()
+        stages["format"] = RUN_FORMAT
+        stages[name] = fingerprint
+        for later in STAGE_ORDER[STAGE_ORDER.index(name) + 1 :]:
+            stages.pop(later, None)
+        write_json(self.stages_file, stages)
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.config_file) as fh:
+            fh.write(dump_config(config))
+
+    def stored_config(
+        self,
+        config: ExperimentConfig,
+        keys: tuple[str, ...],
+        *,
+        refusal: str,
+        advice: str,
+    ) -> ExperimentConfig:
+        """The config the directory was made with; refuses if ``config`` differs in ``keys``."""
+        if not self.config_file.is_file():
+            raise RunError(f"{self.path} has no config.yaml: not a semrec run directory")
+        stored = load_config(self.config_file)
+        diff = config_diff(stored, config, keys)
+        if diff:
+            raise RunError(f"{refusal}:\n  " + "\n  ".join(diff) + f"\n{advice}")
+        return stored
+
+    def latest_checkpoint(self) -> Path:
+        """The newest full training checkpoint (for ``fit --resume``)."""
+        candidates = sorted(self.checkpoints.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not self.config_file.is_file() or not candidates:
+            raise RunError(
+                f"--resume: {self.path} has no training checkpoint to resume from "
+                f"(looked for {self.checkpoints}/*.ckpt); run `semrec fit` without --resume"
+            )
+        return candidates[-1]
+
+    def check_vocabulary(self, hf_tokenizer) -> None:
+        """Refuse trained weights whose token ids no longer mean what they meant in training.
+
+        The weights were trained with ``hf_tokenizer/``; the tokenizer built now must map
+        every token to the same id (a changed backbone file or semrec version could
+        renumber them, e.g. the scratch backbone's specials).
+        """
+        from transformers import AutoTokenizer
+
+        saved_dir = self.path / "hf_tokenizer"
+        if not saved_dir.is_dir():
+            return
+        saved = AutoTokenizer.from_pretrained(str(saved_dir)).get_vocab()
+        built = hf_tokenizer.get_vocab()
+        if saved != built:
+            changed = sorted(t for t in set(saved) | set(built) if saved.get(t) != built.get(t))
+            raise RunError(
+                f"{saved_dir}: the model was trained with another vocabulary than the one "
+                f"built now ({len(changed)} tokens differ, e.g. "
+                + ", ".join(f"{t!r}: {saved.get(t)} -> {built.get(t)}" for t in changed[:3])
+                + "); the backbone or semrec changed since training. Retrain with `semrec fit` "
+                "into a new --run-dir"
+            )
