@@ -52,7 +52,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     base = load_config(args.config)
-    levels = base.tokenizer.params.get("levels", 3)
+    levels = base.items.tokenizer.params.get("levels", 3)
     settings = {"default init": ["model.semantic_init.enabled=false"]}
     for depth in range(1, levels + 1):
         settings[f"SA-Init {depth}"] = [

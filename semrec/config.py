@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -73,6 +80,34 @@ class EmbedderConfig(ComponentConfig):
 
 class TokenizerConfig(ComponentConfig):
     name: str = "rqkmeans"
+
+
+class ItemsConfig(_Section):
+    """How items get SIDs: the embedder whose vectors the tokenizer quantises.
+
+    The top-level ``embedder:`` and ``tokenizer:`` keys (and overrides such as
+    ``tokenizer.name=...``) are aliases of ``items.embedder`` and ``items.tokenizer``.
+    """
+
+    embedder: EmbedderConfig = EmbedderConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+
+class UserEmbedderConfig(ComponentConfig):
+    """The user embedder (``USER_EMBEDDERS``) whose vectors the user tokenizer quantises."""
+
+    name: str = "history_text"
+
+
+class UsersConfig(_Section):
+    """How users get SIDs; ``tokenizer: null`` (the default) gives users none.
+
+    User SID tokens must use other level prefixes than item SID tokens (checked); the
+    default user prefixes are :data:`~semrec.tokenizers.base.DEFAULT_USER_PREFIXES`.
+    """
+
+    embedder: UserEmbedderConfig = UserEmbedderConfig()
+    tokenizer: TokenizerConfig | None = None
 
 
 class TaskConfig(ComponentConfig):
@@ -249,13 +284,18 @@ class ExperimentConfig(_Section):
     seed: int = 42
     dataset: DatasetConfig = DatasetConfig()
     encoder: EncoderConfig = EncoderConfig()
-    embedder: EmbedderConfig = EmbedderConfig()
-    tokenizer: TokenizerConfig = TokenizerConfig()
+    items: ItemsConfig = ItemsConfig()
+    users: UsersConfig = UsersConfig()
     model: ModelConfig = ModelConfig()
     tasks: list[TaskConfig] = [TaskConfig()]
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     annotate: AnnotateConfig = AnnotateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _item_aliases(cls, data: Any) -> Any:
+        return move_item_aliases(data) if isinstance(data, dict) else data
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")
@@ -269,12 +309,13 @@ class ExperimentConfig(_Section):
         from semrec.tokenizers import TOKENIZERS
 
         _check_component("encoder", self.encoder, TEXT_ENCODERS)
-        if self.embedder.name == "text" and self.embedder.params:
+        embedder = self.items.embedder
+        if embedder.name == "text" and embedder.params:
             raise ConfigError(
-                "embedder.params: the text embedder takes its encoder from the encoder: "
-                "section (encoder.name, encoder.params); leave embedder.params empty"
+                "items.embedder.params: the text embedder takes its encoder from the encoder: "
+                "section (encoder.name, encoder.params); leave items.embedder.params empty"
             )
-        _check_component("embedder", self.embedder, ITEM_EMBEDDERS)
+        _check_component("items.embedder", embedder, ITEM_EMBEDDERS)
         for name in self.eval.baselines:
             params = self.eval.baseline_params.get(name, {})
             _check_component(
@@ -286,7 +327,8 @@ class ExperimentConfig(_Section):
                 f"eval.baseline_params: {unused} are not in eval.baselines {self.eval.baselines}"
             )
         self._check_prompt_format()
-        _check_component("tokenizer", self.tokenizer, TOKENIZERS)
+        _check_component("items.tokenizer", self.items.tokenizer, TOKENIZERS)
+        self._check_users()
         for i, task in enumerate(self.tasks):
             _check_component(f"tasks[{i}]", task, TASKS)
         try:
@@ -301,6 +343,39 @@ class ExperimentConfig(_Section):
                 "history, such as 'seq' (train with it all the same)"
             )
         self._check_beams()
+
+    def _check_users(self) -> None:
+        """User tokenizer and embedder names, and user SID prefixes apart from the items'."""
+        from semrec.embedders.users import USER_EMBEDDERS
+        from semrec.tokenizers import TOKENIZERS
+        from semrec.tokenizers.base import level_prefixes_of
+
+        users = self.users
+        if users.tokenizer is None:
+            return
+        if self.model.prompt_format == "compact":
+            raise ConfigError(
+                "users.tokenizer: the compact format's prompts hold item SIDs only; user SIDs "
+                "need model.prompt_format: text"
+            )
+        _check_component("users.embedder", users.embedder, USER_EMBEDDERS)
+        _check_component("users.tokenizer", users.tokenizer, TOKENIZERS)
+        items = self.items.tokenizer
+        if items.name == "precomputed":  # reads its prefixes from the SIDs: checked at fit
+            item_prefixes = set(items.params.get("level_prefixes") or ())
+        else:
+            item_prefixes = set(level_prefixes_of(items.name, items.params))
+        user_prefixes = set(
+            level_prefixes_of(users.tokenizer.name, users.tokenizer.params, user=True)
+        )
+        shared = sorted(item_prefixes & user_prefixes)
+        if shared:
+            raise ConfigError(
+                f"users.tokenizer.params.level_prefixes: user SID tokens would share the level "
+                f"prefixes {shared} with item SID tokens (items.tokenizer), so a user token "
+                "could read as an item token; give users other prefixes (default "
+                "ua, ub, uc, ...)"
+            )
 
     def _check_prompt_format(self) -> None:
         """``scratch`` and ``compact`` go together: a scratch model reads no natural text."""
@@ -353,17 +428,11 @@ class ExperimentConfig(_Section):
 # What `semrec fit --resume` and `semrec test` compare with the stored config: every key
 # that changes the SIDs or the trained weights. Keys under these prefixes but in
 # NOT_TRAINING only change speed or logging.
-TOKENIZER_KEYS = (
-    "seed",
-    "dataset.source",
-    "dataset.path",
-    "dataset.name",
-    "dataset.kcore",
-    "dataset.text",
-    "encoder",
-    "embedder",
-    "tokenizer",
-)
+_DATA_KEYS = ("seed", "dataset.source", "dataset.path", "dataset.name", "dataset.kcore")
+ITEM_TOKENIZER_KEYS = (*_DATA_KEYS, "dataset.text", "encoder", "items")
+# user embedders read the item texts (history_text) and the split (its history cap too)
+USER_TOKENIZER_KEYS = (*_DATA_KEYS, "dataset", "encoder", "users")
+TOKENIZER_KEYS = (*ITEM_TOKENIZER_KEYS, "users")
 TRAINING_KEYS = (
     *TOKENIZER_KEYS,
     "dataset",
@@ -390,6 +459,27 @@ NOT_TRAINING = (
     "annotate.batch_size",
     "annotate.store_dir",
 )
+
+
+ITEM_ALIASES = ("embedder", "tokenizer")  # top-level keys that mean items.<key>
+
+
+def move_item_aliases(data: dict) -> dict:
+    """A raw config mapping with top-level ``embedder:``/``tokenizer:`` moved into ``items:``
+    (merged over what ``items:`` already says, as a derived config merges over its base)."""
+    if not set(ITEM_ALIASES) & set(data):
+        return data
+    data = dict(data)
+    items = dict(data.get("items") or {})
+    for key in ITEM_ALIASES:
+        if key in data:
+            alias = data.pop(key)
+            current = items.get(key)
+            if isinstance(alias, dict) and isinstance(current, dict):
+                alias = merge_configs(current, alias)
+            items[key] = alias
+    data["items"] = items
+    return data
 
 
 def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -512,11 +602,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set dotted keys in a raw config dict (before validation); list items by index.
 
     A section the YAML leaves out starts from its default, so ``tasks.0.weight=2`` works
-    on a config that never mentions ``tasks``.
+    on a config that never mentions ``tasks``. ``tokenizer.*`` and ``embedder.*`` set
+    ``items.tokenizer.*`` and ``items.embedder.*``.
     """
     defaults = ExperimentConfig().model_dump(mode="json")
     for text in overrides:
         path, value = parse_override(text)
+        if path[0] in ITEM_ALIASES:
+            path = ["items", *path]
         node: Any = data
         default: Any = defaults
         for i, part in enumerate(path[:-1]):
@@ -552,7 +645,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         source = str(path)
-        data = _read_config_file(path, ())
+        data = move_item_aliases(_read_config_file(path, ()))
         data.setdefault("name", path.stem)
     try:
         data = apply_overrides(data, list(overrides or []))

@@ -8,6 +8,7 @@ directory (:class:`~semrec.run_directory.RunDirectory`)::
       config.yaml        the resolved config (every default filled in)
       stages.json        run-directory format + fingerprint of each finished stage
       tokenizer/         tokenizer state, SID table (index.json), stats.json
+      user_tokenizer/    the same for users (when users.tokenizer is set)
       adapter/           LoRA adapter + trained SID rows (or full weights when LoRA is off)
       hf_tokenizer/      the LLM tokenizer with the SID tokens added
       checkpoints/       full Lightning checkpoints of the training (``fit --resume``)
@@ -34,16 +35,25 @@ import torch
 from semrec.annotate.errors import MissingAnnotations
 from semrec.annotate.run_annotations import RunAnnotations
 from semrec.artifacts import atomic_dir, atomic_write, content_hash, read_json, write_json
-from semrec.config import MODEL_KEYS, TOKENIZER_KEYS, TRAINING_KEYS, ExperimentConfig
+from semrec.config import (
+    ITEM_TOKENIZER_KEYS,
+    MODEL_KEYS,
+    TRAINING_KEYS,
+    USER_TOKENIZER_KEYS,
+    ExperimentConfig,
+    TokenizerConfig,
+)
 from semrec.config import config_section as section
 from semrec.data.datamodule import GenRecDataModule
+from semrec.data.split import fingerprint_examples
 from semrec.decoding import SIDTrie
 from semrec.evaluation.report import format_tokenizer_stats, metrics_table, report_notes
 from semrec.factories import decoding, training
 from semrec.factories.data import PreparedData, prepare_data
 from semrec.factories.item_vectors import ItemVectors
 from semrec.factories.model import build_model, prompt_formatter
-from semrec.factories.tokenizer import new_tokenizer
+from semrec.factories.tokenizer import new_tokenizer, new_user_tokenizer
+from semrec.factories.user_vectors import user_embeddings
 from semrec.known_warnings import hide_known_warnings
 from semrec.run_directory import CHECKPOINTS, RUN_FORMAT, RunDirectory, RunError
 from semrec.tasks import TaskContext
@@ -128,57 +138,115 @@ class Run:
     # ------------------------------------------------------------------ tokenizer
 
     def tokenizer_fingerprint(self) -> str:
-        """Hash of what determines the SIDs: tokenizer keys, and a CF embedder's train data."""
-        uses_data = self.config.tokenizer.name != "precomputed"
+        """Hash of what determines the item SIDs: item keys, and a CF embedder's train data."""
+        uses_data = self.config.items.tokenizer.name != "precomputed"
         data = self.vectors.data_fingerprint() if uses_data else None
-        return content_hash("tokenizer", section(self._stage_config, TOKENIZER_KEYS), data)
+        return content_hash("tokenizer", section(self._stage_config, ITEM_TOKENIZER_KEYS), data)
 
-    @cached_property
-    def tokenizer(self) -> ItemTokenizer:
-        directory = self.run_dir / "tokenizer"
-        fingerprint = self.tokenizer_fingerprint()
-        if self.directory.stage_done("tokenizer", fingerprint) and directory.exists():
-            tokenizer = load_tokenizer(directory)
+    def user_tokenizer_fingerprint(self) -> str:
+        """Hash of what determines the user SIDs: user keys and the train examples."""
+        train = fingerprint_examples(self.data.split.train)
+        keys = section(self._stage_config, USER_TOKENIZER_KEYS)
+        return content_hash("user_tokenizer", keys, train)
+
+    def _fitted(self, stage: str, fingerprint: str, fit: Callable[[], ItemTokenizer]):
+        """The tokenizer of ``stage`` (a directory of the run): reused, or ``fit()`` and saved."""
+        directory = self.run_dir / stage
+        if self.directory.stage_done(stage, fingerprint) and directory.exists():
             self.echo(f"[tokenize] reused {directory}")
-        elif self.read_only:
+            return load_tokenizer(directory)
+        if self.read_only:
             raise RunError(
                 f"{directory} does not match this config (or was never fitted); "
                 "run `semrec fit` first"
             )
-        else:
-            tokenizer = new_tokenizer(self.config.tokenizer, self.data.dataset)
-            embeddings = None
-            if self.config.tokenizer.name != "precomputed":
+        tokenizer = fit()
+        tokenizer.save(directory)
+        write_json(directory / "stats.json", tokenizer.stats())
+        self.write_config()
+        self.directory.mark_stage(stage, fingerprint)
+        return tokenizer
+
+    def _seed_for(self, cfg: TokenizerConfig) -> int | None:
+        """The tokenizer's own ``seed`` param wins; otherwise the run seed."""
+        return None if "seed" in cfg.params else self.config.seed
+
+    @cached_property
+    def tokenizer(self) -> ItemTokenizer:
+        """The items' tokenizer (``items.tokenizer``), fitted on the item vectors."""
+        cfg = self.config.items.tokenizer
+
+        def fit() -> ItemTokenizer:
+            tokenizer = new_tokenizer(cfg, self.data.dataset)
+            embeddings, extra = None, {}
+            if cfg.name != "precomputed":
                 start = time.perf_counter()
                 embeddings = self.vectors.item_embeddings()
                 self._timed("embed", start)
-            start = time.perf_counter()
-            # the tokenizer's own `seed` param wins; otherwise the run seed
-            seed = None if "seed" in self.config.tokenizer.params else self.config.seed
-            extra = {}
             if getattr(tokenizer, "needs_llm_targets", False):
                 extra["llm_targets"] = self.vectors.llm_alignment_targets()
-            tokenizer.fit(embeddings, seed=seed, **extra)
+            start = time.perf_counter()
+            tokenizer.fit(embeddings, seed=self._seed_for(cfg), **extra)
             self._timed("tokenize", start)
-            tokenizer.save(directory)
-            write_json(directory / "stats.json", tokenizer.stats())
-            self.write_config()
-            self.directory.mark_stage("tokenizer", fingerprint)
+            return tokenizer
+
+        tokenizer = self._fitted("tokenizer", self.tokenizer_fingerprint(), fit)
         if tokenizer.n_items != self.data.dataset.num_items:
             raise RunError(
-                f"tokenizer in {directory} has {tokenizer.n_items} items but the dataset has "
-                f"{self.data.dataset.num_items}; delete {directory} or fix the config"
+                f"tokenizer in {self.run_dir / 'tokenizer'} has {tokenizer.n_items} items but "
+                f"the dataset has {self.data.dataset.num_items}; delete it or fix the config"
+            )
+        return tokenizer
+
+    @cached_property
+    def user_tokenizer(self) -> ItemTokenizer | None:
+        """The users' tokenizer (``users.tokenizer``; None when users get no SIDs)."""
+        cfg = self.config.users.tokenizer
+        if cfg is None:
+            return None
+
+        def fit() -> ItemTokenizer:
+            tokenizer = new_user_tokenizer(cfg)
+            start = time.perf_counter()
+            vectors = user_embeddings(
+                self.config, self.data, self.vectors.text_embeddings, self.echo
+            )
+            tokenizer.fit(vectors, seed=self._seed_for(cfg))
+            self._timed("tokenize_users", start)
+            return tokenizer
+
+        tokenizer = self._fitted("user_tokenizer", self.user_tokenizer_fingerprint(), fit)
+        if tokenizer.n_items != self.data.dataset.num_users:
+            raise RunError(
+                f"user tokenizer in {self.run_dir / 'user_tokenizer'} has {tokenizer.n_items} "
+                f"users but the dataset has {self.data.dataset.num_users}"
+            )
+        shared = sorted(set(tokenizer.token_strings()) & set(self.tokenizer.token_strings()))
+        if shared:
+            raise RunError(
+                f"user and item SIDs share the tokens {shared[:5]}; give the users other "
+                "level prefixes (users.tokenizer.params.level_prefixes)"
             )
         return tokenizer
 
     def tokenizer_report(self) -> str:
-        return format_tokenizer_stats(self.tokenizer.stats())
+        report = format_tokenizer_stats(self.tokenizer.stats())
+        if self.user_tokenizer is not None:
+            report += "\n" + format_tokenizer_stats(self.user_tokenizer.stats(), entity="users")
+        return report
 
     def trie(self, hf_tokenizer, *, include_added: bool = False) -> SIDTrie:
         """The trie of valid SIDs: the dataset's items (row = item index), then, with
         ``include_added``, the items of ``semrec add-items`` (:meth:`catalogue`)."""
         codes = self.catalogue()[1] if include_added else self.tokenizer.codes
         return decoding.sid_trie(self.tokenizer, codes, hf_tokenizer)
+
+    def user_trie(self, hf_tokenizer) -> SIDTrie:
+        """The trie of valid user SIDs (row = user index)."""
+        if self.user_tokenizer is None:
+            raise RunError("this run gives users no SIDs (users.tokenizer is null)")
+        tokens = self.user_tokenizer
+        return decoding.sid_trie(tokens, tokens.codes, hf_tokenizer)
 
     # ------------------------------------------------------------------ annotations and tasks
 
@@ -241,6 +309,7 @@ class Run:
             self.config.model,
             self.tokenizer,
             seed=self.config.seed,
+            user_tokenizer=self.user_tokenizer,
             token_semantics=self.token_semantics,
             echo=self.echo,
         )
@@ -260,6 +329,9 @@ class Run:
                 annotations=self.annotations,
                 level_tokens=tokenizer.level_token_strings(),
                 token_semantics=self.token_semantics,
+                user_sids=None
+                if self.user_tokenizer is None
+                else self.user_tokenizer.sid_strings(),
             )
             formatter = prompt_formatter(self.config.model, hf_tokenizer)
             source = training.task_pairs(self.config, context, self.tasks, formatter, self.echo)

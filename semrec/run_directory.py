@@ -22,9 +22,10 @@ class RunError(RuntimeError):
 
 # Version of the run-directory layout; stages.json records it. Bump it when stored
 # artifacts change meaning so an older run directory is refused, not misread.
-RUN_FORMAT = 2
+# 3: the items:/users: config sections (stage fingerprints hash their keys).
+RUN_FORMAT = 3
 CHECKPOINTS = "checkpoints"
-STAGE_ORDER = ("tokenizer", "train")  # a stage depends on the ones before it
+DEPENDENTS = {"tokenizer": ("train",), "user_tokenizer": ("train",), "train": ()}
 
 
 class RunDirectory:
@@ -81,11 +82,11 @@ class RunDirectory:
         return self.stages().get(name) == fingerprint
 
     def mark_stage(self, name: str, fingerprint: str) -> None:
-        """Record ``name`` as finished with ``fingerprint``; later stages are forgotten."""
+        """Record ``name`` as finished with ``fingerprint``; the stages built on it are forgotten."""
         stages = self.stages()
         stages["format"] = RUN_FORMAT
         stages[name] = fingerprint
-        for later in STAGE_ORDER[STAGE_ORDER.index(name) + 1 :]:
+        for later in DEPENDENTS[name]:
             stages.pop(later, None)
         write_json(self.stages_file, stages)
 

@@ -42,7 +42,7 @@ def test_tiny_experiment_loads_with_defaults_filled_in() -> None:
     dumped = cfg.model_dump(mode="json")
     # every value the file states arrives unchanged ...
     assert_stated_values_kept(raw, dumped)
-    assert cfg.model.backbone == "tiny" and cfg.tokenizer.name == "rqkmeans"
+    assert cfg.model.backbone == "tiny" and cfg.items.tokenizer.name == "rqkmeans"
     # ... and every section it leaves out is the typed default
     defaults = ExperimentConfig().model_dump(mode="json")
     for key in set(defaults) - set(raw):
@@ -149,7 +149,7 @@ def test_ks_larger_than_num_beams_is_rejected_but_equal_is_fine() -> None:
 
 def test_unknown_tokenizer_lists_registry_and_suggests() -> None:
     message = config_error(TINY, ["tokenizer.name=rqkmean"])
-    assert message.startswith("tokenizer.name: unknown tokenizer 'rqkmean'")
+    assert message.startswith("items.tokenizer.name: unknown tokenizer 'rqkmean'")
     assert "did you mean 'rqkmeans'" in message
     assert "registered:" in message and "rqkmeans" in message
 
@@ -162,7 +162,7 @@ def test_unknown_task_lists_registry() -> None:
 
 def test_unknown_tokenizer_param_is_named_with_suggestion() -> None:
     message = config_error(TINY, ["tokenizer.params.levls=3"])
-    assert message.startswith("tokenizer.params.levls: 'rqkmeans' has no parameter 'levls'")
+    assert message.startswith("items.tokenizer.params.levls: 'rqkmeans' has no parameter 'levls'")
     assert "did you mean 'levels'" in message
     assert "accepted: levels, codebook_size" in message
 
@@ -174,7 +174,7 @@ def test_unknown_task_param_is_named() -> None:
 
 def test_valid_component_params_pass() -> None:
     cfg = load_config(TINY, ["tokenizer.params.levels=3", "tasks=[{name: seq, params: {}}]"])
-    assert cfg.tokenizer.params == {"levels": 3, "codebook_size": 8}
+    assert cfg.items.tokenizer.params == {"levels": 3, "codebook_size": 8}
 
 
 # ---------------------------------------------------------------- overrides

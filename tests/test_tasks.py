@@ -81,6 +81,7 @@ def test_eval_prompt_and_response_exactly() -> None:
         "historical interactions are arranged in chronological order.",
         response="<a_2><b_0>",
         target_item=6,
+        user=2,
     )
     # valid for u1: history 5 4 3 2, target 1
     valid = SequentialTask().eval_samples(ctx, ctx.split.valid)[1]
@@ -95,11 +96,12 @@ def test_train_samples_exactly_with_a_custom_template() -> None:
     ctx = toy_context()
     samples = single_template_task().train_samples(ctx, random.Random(0))
     assert samples[:3] == [
-        Sample("seq", "History: <a_0><b_0> Next?", "<a_0><b_1>", 1),
-        Sample("seq", "History: <a_0><b_0>, <a_0><b_1> Next?", "<a_0><b_2>", 2),
-        Sample("seq", "History: <a_0><b_0>, <a_0><b_1>, <a_0><b_2> Next?", "<a_1><b_0>", 3),
+        Sample("seq", "History: <a_0><b_0> Next?", "<a_0><b_1>", 1, 0),
+        Sample("seq", "History: <a_0><b_0>, <a_0><b_1> Next?", "<a_0><b_2>", 2, 0),
+        Sample("seq", "History: <a_0><b_0>, <a_0><b_1>, <a_0><b_2> Next?", "<a_1><b_0>", 3, 0),
     ]
-    assert samples[-1] == Sample("seq", "History: <a_2><b_0>, <a_2><b_1> Next?", "<a_2><b_0>", 6)
+    last = Sample("seq", "History: <a_2><b_0>, <a_2><b_1> Next?", "<a_2><b_0>", 6, 2)
+    assert samples[-1] == last
     assert len(samples) == 8
 
 

@@ -213,8 +213,8 @@ def test_asy_title_exactly_and_skips_untitled_targets() -> None:
     ctx = lcrec_context()
     task = HistoryToTitleTask(templates=["H: {history} -> title?"])
     assert task.train_samples(ctx, random.Random(0)) == [
-        Sample("asy_title", "H: <a_1><b_2> -> title?", "Heat"),
-        Sample("asy_title", "H: <a_1><b_3> -> title?", "Toy Story"),
+        Sample("asy_title", "H: <a_1><b_2> -> title?", "Heat", user=0),
+        Sample("asy_title", "H: <a_1><b_3> -> title?", "Toy Story", user=1),
     ]
     assert task.skipped == 1  # the target of (u0, (0, 1), 2) has no title
     first = HistoryToTitleTask(templates=[HistoryToTitleTask.templates[0]])
@@ -233,12 +233,14 @@ def test_asy_description_exactly() -> None:
             "Here is the item interaction history of the user: <a_1><b_2>, <a_1><b_3>. Please "
             "tell me what features they expect from their next item.",
             "A quiet film about nothing.",
+            user=0,
         ),
         Sample(
             "asy_description",
             "Here is the item interaction history of the user: <a_1><b_3>. Please tell me what "
             "features they expect from their next item.",
             TOY_STORY,
+            user=1,
         ),
     ]
     assert task.skipped == 1
@@ -266,6 +268,7 @@ def test_asy_title_history_eval_prompt_uses_titles_and_sids_for_untitled_items()
         "<a_2><b_1>, <a_3><b_1>, can you recommend a suitable next item for the user?",
         "<a_1><b_3>",
         1,
+        user=0,
     )
 
 
@@ -273,9 +276,9 @@ def test_asy_title_history_train_samples_exactly() -> None:
     ctx = lcrec_context()
     task = TitleHistoryTask(templates=["Titles: {titles}"])
     assert task.train_samples(ctx, random.Random(0)) == [
-        Sample("asy_title_history", 'Titles: "Toy Story"', "<a_1><b_3>", 1),
-        Sample("asy_title_history", 'Titles: "Toy Story", "Heat"', "<a_2><b_1>", 2),
-        Sample("asy_title_history", 'Titles: "Heat"', "<a_1><b_2>", 0),
+        Sample("asy_title_history", 'Titles: "Toy Story"', "<a_1><b_3>", 1, 0),
+        Sample("asy_title_history", 'Titles: "Toy Story", "Heat"', "<a_2><b_1>", 2, 0),
+        Sample("asy_title_history", 'Titles: "Heat"', "<a_1><b_2>", 0, 1),
     ]
 
 
@@ -335,8 +338,8 @@ def test_ite_intention_exactly() -> None:
     task = IntentionToItemTask(templates=["Q: {intention}"])
     task.check(ctx)
     assert task.train_samples(ctx, random.Random(0)) == [
-        Sample("ite_intention", "Q: Something tense with a heist", "<a_1><b_3>", 1),
-        Sample("ite_intention", "Q: A family film", "<a_1><b_2>", 0),
+        Sample("ite_intention", "Q: Something tense with a heist", "<a_1><b_3>", 1, 0),
+        Sample("ite_intention", "Q: A family film", "<a_1><b_2>", 0, 1),
     ]
     assert task.skipped == 1  # no intention for u0:i2
     paper = IntentionToItemTask(templates=[IntentionToItemTask.templates[0]])
@@ -358,8 +361,8 @@ def test_ite_history_intention_exactly() -> None:
     )
     custom = HistoryIntentionToItemTask(templates=["{history} | {intention}"])
     assert custom.train_samples(ctx, random.Random(0)) == [
-        Sample("ite_history_intention", "<a_1><b_2> | Something tense with a heist", SIDS[1], 1),
-        Sample("ite_history_intention", "<a_1><b_3> | A family film", SIDS[0], 0),
+        Sample("ite_history_intention", "<a_1><b_2> | Something tense with a heist", SIDS[1], 1, 0),
+        Sample("ite_history_intention", "<a_1><b_3> | A family film", SIDS[0], 0, 1),
     ]
 
 
@@ -404,9 +407,9 @@ def test_ite_from_item_text_needs_no_annotations() -> None:
     task.check(ctx)
     assert task.requires == ("item_text",)
     assert task.train_samples(ctx, random.Random(0)) == [
-        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 1)}", SIDS[1], 1),
-        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 2)}", SIDS[2], 2),
-        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 0)}", SIDS[0], 0),
+        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 1)}", SIDS[1], 1, 0),
+        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 2)}", SIDS[2], 2, 0),
+        Sample("ite_intention", f"Q: {derived_intention(ctx.dataset, 0)}", SIDS[0], 0, 1),
     ]
     assert all("Toy Story" not in s.prompt for s in task.train_samples(ctx, random.Random(1)))
     bare = lcrec_context(item_text=[{"title": "Heat"}, {}, {}, {}])
@@ -426,7 +429,10 @@ def test_per_preference_exactly() -> None:
     task.check(ctx)
     assert task.train_samples(ctx, random.Random(0)) == [
         Sample(
-            "per_preference", "P: <a_1><b_2>, <a_1><b_3>, <a_2><b_1>", "Likes animated comedies."
+            "per_preference",
+            "P: <a_1><b_2>, <a_1><b_3>, <a_2><b_1>",
+            "Likes animated comedies.",
+            user=0,
         )
     ]
     assert task.skipped == 1
@@ -512,10 +518,10 @@ def test_table4_configs_load_and_name_their_tasks(variant: str) -> None:
     differs = {
         "name": True,
         "tasks": True,
-        "embedder": True,
+        "items": {"embedder"},
         "eval": {"baselines", "baseline_params"},
     }
     assert config.model_dump(exclude=differs) == quickstart.model_dump(exclude=differs)
-    assert config.embedder.name == "text"
+    assert config.items.embedder.name == "text"
     for task in config.tasks:
         TASKS.get(task.name)(**task.params)  # the params are real constructor arguments

@@ -87,7 +87,8 @@ def test_query_alignment_pairs_reviews_with_training_interactions_only():
     task = QueryAlignmentTask()
     pairs = task.pairs(ctx)
     # the last two interactions (valid, test) are held out
-    assert pairs == [(f"review {u}-{k}", int(sequences[u][k])) for u in range(2) for k in range(3)]
+    expected = [(f"review {u}-{k}", int(sequences[u][k]), u) for u in range(2) for k in range(3)]
+    assert pairs == expected
     sample = QueryAlignmentTask(templates=["Q: {query}"]).train_samples(ctx, random.Random(0))[0]
     assert sample.prompt == "Q: review 0-0" and sample.response == ctx.sids[sequences[0][0]]
 

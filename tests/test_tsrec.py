@@ -435,7 +435,7 @@ def test_table3_ablation_configs_differ_only_where_the_paper_does():
     for key, cfg in configs.items():
         assert cfg.name == f"tsrec_ml100k{key}"  # own run directory, not the base's
         assert [t for t in cfg.tasks if t.name not in ts_align] == non_align
-        assert cfg.train == full.train and cfg.eval == full.eval and cfg.tokenizer == full.tokenizer
+        assert cfg.train == full.train and cfg.eval == full.eval and cfg.items == full.items
 
 
 def test_config_base_merges_and_rejects_cycles(tmp_path):

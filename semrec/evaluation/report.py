@@ -91,8 +91,9 @@ def report_notes(
     return notes
 
 
-def format_tokenizer_stats(stats: dict[str, Any]) -> str:
-    """Short human summary of :meth:`~semrec.tokenizers.ItemTokenizer.stats`."""
+def format_tokenizer_stats(stats: dict[str, Any], entity: str = "items") -> str:
+    """Short human summary of :meth:`~semrec.tokenizers.ItemTokenizer.stats` (``entity``: what
+    the rows are, items or users)."""
     resolution = stats.get("collision_resolution", {})
     details = ", ".join(
         f"{key}={value}"
@@ -100,7 +101,7 @@ def format_tokenizer_stats(stats: dict[str, Any]) -> str:
         if key != "strategy" and isinstance(value, (int, float, str, bool))
     )
     lines = [
-        f"[tokenize] {stats.get('n_items')} items, {stats.get('levels')} levels; "
+        f"[tokenize] {stats.get('n_items')} {entity}, {stats.get('levels')} levels; "
         f"collision rate {stats.get('collision_rate_before', 0):.4f} before resolution, "
         f"{stats.get('collision_rate_after', 0):.4f} after "
         f"({resolution.get('strategy', 'none')}{': ' + details if details else ''})"

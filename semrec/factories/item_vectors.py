@@ -36,7 +36,7 @@ class ItemVectors:
         from semrec.embedders import ITEM_EMBEDDERS, TextEmbedder
         from semrec.text.encoders import build_text_encoder
 
-        cfg = self.config.embedder
+        cfg = self.config.items.embedder
         if cfg.name == "text":
             encoder = self.config.encoder
             return TextEmbedder(build_text_encoder(encoder.name, **encoder.params))
@@ -76,13 +76,13 @@ class ItemVectors:
         from semrec.data.split import items_in_train
 
         embeddings = self.embedder_output.clone()
-        name = self.config.embedder.name
+        name = self.config.items.embedder.name
         source = f"{name} ({self.config.encoder.name})" if name == "text" else name
         note = ""
         if self.embedder.uses_interactions:
             cold = torch.from_numpy(~items_in_train(self.data.split))
             note = f"; {int(cold.sum())} items without train interactions"
-            if self.config.embedder.cold_start == "text" and bool(cold.any()):
+            if self.config.items.embedder.cold_start == "text" and bool(cold.any()):
                 regressor = self.cold_start_regressor
                 embeddings[cold] = regressor.predict(self.text_embeddings()[cold])
                 r2 = regressor.validation_r2
@@ -137,12 +137,12 @@ class ItemVectors:
             missing_texts = [texts[i] for i in missing]
             if not self.embedder.uses_interactions:
                 from_text = self.text_embeddings(missing_texts)
-            elif self.config.embedder.cold_start == "text":
+            elif self.config.items.embedder.cold_start == "text":
                 from_text = self.cold_start_regressor.predict(self.text_embeddings(missing_texts))
             else:
                 raise RunError(
                     f"{source}: item {records[missing[0]]['id']!r} has no 'embedding', and a "
-                    f"{self.config.embedder.name} embedder cannot embed an item without "
+                    f"{self.config.items.embedder.name} embedder cannot embed an item without "
                     "interactions; give each new item an 'embedding', or fit the run with "
                     "embedder.cold_start: text"
                 )

@@ -16,18 +16,23 @@ def build_model(
     tokenizer: ItemTokenizer,
     *,
     seed: int,
+    user_tokenizer: ItemTokenizer | None = None,
     token_semantics: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ):
-    """Backbone + SID tokens (+ SA-Init) + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
+    """Backbone + SID tokens (+ SA-Init) + LoRA; returns (model, hf_tokenizer, sid_token_ids).
+
+    The SID tokens are the items' and, with ``user_tokenizer``, the users' after them.
+    """
     from semrec.models.adapters import apply_lora, count_parameters
     from semrec.models.backbone import load_backbone, scratch_backbone
     from semrec.models.vocabulary import add_sid_tokens
 
+    tokens = tokenizer.token_strings()
+    if user_tokenizer is not None:
+        tokens += user_tokenizer.token_strings()
     if cfg.backbone == "scratch":
-        model, hf_tokenizer = scratch_backbone(
-            tokenizer.token_strings(), **cfg.scratch.model_dump(), seed=seed
-        )
+        model, hf_tokenizer = scratch_backbone(tokens, **cfg.scratch.model_dump(), seed=seed)
     else:
         model, hf_tokenizer = load_backbone(
             cfg.backbone,
@@ -35,9 +40,7 @@ def build_model(
             tiny_hidden_size=cfg.tiny_hidden_size,
             seed=seed,
         )
-    sid_ids = add_sid_tokens(
-        model, hf_tokenizer, tokenizer.token_strings(), init=cfg.embedding_init, seed=seed
-    )
+    sid_ids = add_sid_tokens(model, hf_tokenizer, tokens, init=cfg.embedding_init, seed=seed)
     if cfg.semantic_init.enabled:
         from semrec.models.semantic_init import semantic_init
 

@@ -1,4 +1,4 @@
-"""An unfitted item tokenizer from ``tokenizer:``."""
+"""Unfitted tokenizers: the items' from ``items.tokenizer``, the users' from ``users.tokenizer``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from semrec.config import TokenizerConfig
 from semrec.data import RecDataset
 from semrec.run_directory import RunError
 from semrec.tokenizers import TOKENIZERS, ItemTokenizer
+from semrec.tokenizers.base import DEFAULT_USER_PREFIXES
 
 
 def new_tokenizer(cfg: TokenizerConfig, dataset: RecDataset) -> ItemTokenizer:
@@ -19,4 +20,16 @@ def new_tokenizer(cfg: TokenizerConfig, dataset: RecDataset) -> ItemTokenizer:
                 "file; set tokenizer.params.index to an LC-Rec index.json"
             )
         params["index"] = sids
+    return TOKENIZERS.get(cfg.name)(**params)
+
+
+def new_user_tokenizer(cfg: TokenizerConfig) -> ItemTokenizer:
+    """The registered tokenizer ``cfg.name`` for users, with the user level prefixes by default."""
+    params = dict(cfg.params)
+    if cfg.name == "precomputed" and params.get("index") is None:
+        raise RunError(
+            "users.tokenizer 'precomputed' needs users.tokenizer.params.index (a JSON file "
+            "mapping user ids to SID tokens); datasets ship no user index"
+        )
+    params.setdefault("level_prefixes", DEFAULT_USER_PREFIXES)
     return TOKENIZERS.get(cfg.name)(**params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import string
+from typing import Any
 
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext
 from semrec.tasks.item_fields import field_text, report_skipped, require_any_field
@@ -56,10 +57,8 @@ class TextToSIDTask(Task):
         'Tell me the item whose description is: "{description}".',
     )
 
-    def __init__(
-        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
-    ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+    def __init__(self, **common: Any) -> None:
+        super().__init__(**common)
         self.variants: dict[frozenset[str], list[int]] = {}
         for index, template in enumerate(self.templates):
             fields = template_fields(template)
@@ -116,11 +115,10 @@ class SIDToTextTask(Task):
     def __init__(
         self,
         *,
-        templates: list[str] | None = None,
         fields: list[str] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         chosen = tuple(TEXT_FIELDS if fields is None else fields)
         if not chosen or not set(chosen) <= set(TEXT_FIELDS):
             raise ValueError(

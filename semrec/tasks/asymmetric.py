@@ -14,6 +14,7 @@ All three use the split's training examples, like SEQ.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from semrec.data.split import Example
 from semrec.tasks.base import TASKS, RecommendationTask, Sample, Task, TaskContext
@@ -44,9 +45,8 @@ class HistoryToTextTask(Task):
         for ex in self.epoch_subset(examples, rng):
             template = self.templates[rng.randrange(len(self.templates))]
             prompt = template.format(history=ctx.history_text(ex.history))
-            samples.append(
-                Sample(self.name, prompt, field_text(ctx.dataset, ex.target, self.field))
-            )
+            response = field_text(ctx.dataset, ex.target, self.field)
+            samples.append(Sample(self.name, prompt, response, user=ex.user))
         return samples
 
 
@@ -91,10 +91,9 @@ class HistoryToDescriptionTask(HistoryToTextTask):
         self,
         *,
         field: str = "description",
-        templates: list[str] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         self.field = field
 
 
@@ -133,5 +132,5 @@ class TitleHistoryTask(RecommendationTask):
         samples = []
         for ex in self.epoch_subset(ctx.split.train, rng):
             prompt = self.prompt(ctx, ex, rng.randrange(len(self.templates)))
-            samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target))
+            samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target, ex.user))
         return samples

@@ -10,10 +10,11 @@ many of them an epoch uses.
 
 from __future__ import annotations
 
+import inspect
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, TypeVar
 
 from semrec.data.dataset import RecDataset
@@ -30,12 +31,14 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One instruction-tuning pair; ``target_item`` is set when the response is an item SID."""
+    """One instruction-tuning pair; ``target_item`` is set when the response is an item SID,
+    ``user`` when the pair is about one user (then the prompt can carry the user's SID)."""
 
     task: str
     prompt: str
     response: str
     target_item: int | None = None
+    user: int | None = None
 
 
 @dataclass
@@ -49,6 +52,8 @@ class TaskContext:
 
     ``level_tokens[l]`` lists the SID token strings of level ``l``; ``token_semantics`` maps a
     token string to its parsed TS-Rec semantics (``.description``, ``.keywords``).
+    ``user_sids[u]`` is user ``u``'s SID string when the run gives users SIDs
+    (``users.tokenizer``).
     """
 
     dataset: RecDataset
@@ -58,21 +63,42 @@ class TaskContext:
     annotations: dict[str, dict[str, str]] | None = None
     level_tokens: list[list[str]] | None = None
     token_semantics: dict[str, Any] | None = None
+    user_sids: list[str] | None = None
 
     def history_text(self, history: tuple[int, ...], separator: str = ", ") -> str:
         return separator.join(self.sids[i] for i in history)
 
 
+DEFAULT_USER_TEMPLATE = "The user is {user}. {prompt}"
+
+
 class Task(ABC):
-    """Base class of instruction tasks; subclasses register with ``@TASKS.register(name)``."""
+    """Base class of instruction tasks; subclasses register with ``@TASKS.register(name)``.
+
+    ``user_sid_in_prompt`` puts the user's SID into every prompt of the task through
+    ``user_template`` (``{user}``: the SID string, ``{prompt}``: the task's own prompt); it
+    needs user SIDs (``users.tokenizer``) and a task whose pairs are about one user.
+    """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     templates: ClassVar[tuple[str, ...]]
 
     def __init__(
-        self, *, templates: list[str] | None = None, max_samples_per_epoch: int | None = None
+        self,
+        *,
+        templates: list[str] | None = None,
+        max_samples_per_epoch: int | None = None,
+        user_sid_in_prompt: bool = False,
+        user_template: str = DEFAULT_USER_TEMPLATE,
     ) -> None:
+        if user_sid_in_prompt and not ("{user}" in user_template and "{prompt}" in user_template):
+            raise ValueError(
+                f"task {self.name!r}: user_template must contain {{user}} and {{prompt}}, "
+                f"got {user_template!r}"
+            )
+        self.user_sid_in_prompt = user_sid_in_prompt
+        self.user_template = user_template
         if templates is not None:
             if not templates:
                 raise ValueError(f"task {self.name!r}: templates must not be empty")
@@ -83,6 +109,20 @@ class Task(ABC):
                 f"got {max_samples_per_epoch}"
             )
         self.max_samples_per_epoch = max_samples_per_epoch
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """The keyword parameters a config may give: this class's and every base's."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for name, parameter in inspect.signature(init).parameters.items():
+                kinds = (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                if name != "self" and parameter.kind in kinds and name not in names:
+                    names.append(name)
+        return names
 
     def epoch_subset(self, pool: Sequence[T], rng: random.Random) -> list[T]:
         """At most ``max_samples_per_epoch`` entries of ``pool``, drawn without replacement
@@ -112,6 +152,28 @@ class Task(ABC):
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         """All training pairs for one epoch, each with one randomly sampled template."""
 
+    def personalize(self, ctx: TaskContext, samples: list[Sample]) -> list[Sample]:
+        """``samples`` with the user's SID in each prompt when ``user_sid_in_prompt`` is on."""
+        if not self.user_sid_in_prompt:
+            return samples
+        if ctx.user_sids is None:
+            raise TaskDataError(
+                f"task {self.name!r}: user_sid_in_prompt needs user SIDs; give users a "
+                "tokenizer (users.tokenizer)"
+            )
+        out = []
+        for sample in samples:
+            if sample.user is None:
+                raise TaskDataError(
+                    f"task {self.name!r}: user_sid_in_prompt is on, but its pairs are not "
+                    "about one user (no user to put in the prompt)"
+                )
+            prompt = self.user_template.format(
+                user=ctx.user_sids[sample.user], prompt=sample.prompt
+            )
+            out.append(replace(sample, prompt=prompt))
+        return out
+
     def notes(self) -> list[str]:
         """Facts about this task's data a run should print (e.g. where its texts come from)."""
         return []
@@ -132,10 +194,11 @@ class RecommendationTask(Task):
 
     def eval_samples(self, ctx: TaskContext, examples: list[Example]) -> list[Sample]:
         """Deterministic prompts (template 0) for validation / test examples."""
-        return [
-            Sample(self.name, self.prompt(ctx, ex, 0), ctx.sids[ex.target], ex.target)
+        samples = [
+            Sample(self.name, self.prompt(ctx, ex, 0), ctx.sids[ex.target], ex.target, ex.user)
             for ex in examples
         ]
+        return self.personalize(ctx, samples)
 
 
 def build_mixture(
@@ -151,9 +214,9 @@ def build_mixture(
         task.check(ctx)
         whole, fraction = divmod(weight, 1.0)
         for _ in range(int(whole)):
-            mixture.extend(task.train_samples(ctx, rng))
+            mixture.extend(task.personalize(ctx, task.train_samples(ctx, rng)))
         if fraction > 0:
-            pool = task.train_samples(ctx, rng)
+            pool = task.personalize(ctx, task.train_samples(ctx, rng))
             mixture.extend(rng.sample(pool, round(fraction * len(pool))))
     rng.shuffle(mixture)
     return mixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from semrec.data.dataset import RecDataset
 from semrec.data.split import Example
@@ -103,10 +103,9 @@ class IntentionTask(RecommendationTask):
         self,
         *,
         intention_source: IntentionSource = "annotations",
-        templates: list[str] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         if intention_source not in ("annotations", "item_text"):
             raise ValueError(
                 f"task {self.name!r}: intention_source must be 'annotations' or 'item_text', "
@@ -173,7 +172,7 @@ class IntentionTask(RecommendationTask):
         samples = []
         for ex in self.epoch_subset(examples, rng):
             prompt = self.prompt(ctx, ex, rng.randrange(len(self.templates)))
-            samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target))
+            samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target, ex.user))
         return samples
 
 
@@ -235,11 +234,10 @@ class PreferenceTask(Task):
     def __init__(
         self,
         *,
-        templates: list[str] | None = None,
         max_history: int = 20,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         if max_history < 1:
             raise ValueError(f"task {self.name!r}: max_history must be >= 1, got {max_history}")
         self.max_history = max_history
@@ -254,17 +252,17 @@ class PreferenceTask(Task):
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         preferences = annotation_table(ctx, self.name, "preference")
-        candidates = []  # (history, preference) of users with both
+        candidates = []  # (user, history, preference) of users with both
         for user, sequence in enumerate(ctx.split.train_sequences):
             preference = " ".join(preferences.get(ctx.dataset.user_ids[user], "").split())
             if preference and len(sequence):
-                candidates.append((tuple(sequence[-self.max_history :].tolist()), preference))
+                history = tuple(sequence[-self.max_history :].tolist())
+                candidates.append((user, history, preference))
         samples = []
-        for history, preference in self.epoch_subset(candidates, rng):
+        for user, history, preference in self.epoch_subset(candidates, rng):
             template = self.templates[rng.randrange(len(self.templates))]
-            samples.append(
-                Sample(self.name, template.format(history=ctx.history_text(history)), preference)
-            )
+            prompt = template.format(history=ctx.history_text(history))
+            samples.append(Sample(self.name, prompt, preference, user=user))
         if not samples and not any(u in preferences for u in ctx.dataset.user_ids):
             raise unmatched_annotations_error(
                 self.name, "preference", preferences, ctx.dataset.user_ids[0]

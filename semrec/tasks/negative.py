@@ -12,6 +12,7 @@ training target), resampled each epoch. Valid and test targets are never read.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from semrec.data.split import Split, sequences_from_examples
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext
@@ -63,10 +64,9 @@ class NegativeBehaviorTask(Task):
         self,
         *,
         ratio: int = 3,
-        templates: list[str] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0:
             raise ValueError(f"task 'negative': ratio must be an int >= 0, got {ratio!r}")
         self.ratio = ratio
@@ -86,7 +86,7 @@ class NegativeBehaviorTask(Task):
             for item in sample_negatives(known[ex.user], ctx.split.num_items, self.ratio, rng):
                 template = rng.randrange(len(self.templates))
                 prompt = self.templates[template].format(history=ctx.history_text(ex.history))
-                samples.append(Sample(self.name, prompt, ctx.sids[item], item))
+                samples.append(Sample(self.name, prompt, ctx.sids[item], item, ex.user))
         return samples
 
     def notes(self) -> list[str]:

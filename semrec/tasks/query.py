@@ -14,6 +14,7 @@ too, with the first such user.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext, TaskDataError
 
@@ -35,16 +36,15 @@ class QueryAlignmentTask(Task):
         self,
         *,
         max_chars: int = 500,
-        templates: list[str] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         if max_chars < 1:
             raise ValueError(f"task 'query': max_chars must be >= 1, got {max_chars}")
         self.max_chars = max_chars
 
-    def pairs(self, ctx: TaskContext) -> list[tuple[str, int]]:
-        """(review, item) for every training interaction whose review is known."""
+    def pairs(self, ctx: TaskContext) -> list[tuple[str, int, int]]:
+        """(review, item, user) for every training interaction whose review is known."""
         self.check(ctx)
         dataset = ctx.dataset
         sequences = dataset.sequences()
@@ -63,12 +63,14 @@ class QueryAlignmentTask(Task):
             held_out = 2
             for review, item in zip(reviews[:-held_out], sequences[user][:-held_out]):
                 if review.strip():
-                    pairs.append((" ".join(review.split())[: self.max_chars], int(item)))
+                    query = " ".join(review.split())[: self.max_chars]
+                    pairs.append((query, int(item), user))
         return pairs
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         samples = []
-        for query, item in self.epoch_subset(self.pairs(ctx), rng):
+        for query, item, user in self.epoch_subset(self.pairs(ctx), rng):
             template = self.templates[rng.randrange(len(self.templates))]
-            samples.append(Sample(self.name, template.format(query=query), ctx.sids[item], item))
+            prompt = template.format(query=query)
+            samples.append(Sample(self.name, prompt, ctx.sids[item], item, user))
         return samples

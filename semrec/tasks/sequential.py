@@ -34,7 +34,6 @@ class SequentialTask(RecommendationTask):
         samples = []
         for ex in self.epoch_subset(ctx.split.train, rng):
             template = rng.randrange(len(self.templates))
-            samples.append(
-                Sample(self.name, self.prompt(ctx, ex, template), ctx.sids[ex.target], ex.target)
-            )
+            prompt = self.prompt(ctx, ex, template)
+            samples.append(Sample(self.name, prompt, ctx.sids[ex.target], ex.target, ex.user))
         return samples

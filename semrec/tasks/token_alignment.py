@@ -13,6 +13,7 @@ paper's wording.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext, TaskDataError
 
@@ -24,11 +25,10 @@ class _TokenAlignmentTask(Task):
     def __init__(
         self,
         *,
-        templates: list[str] | None = None,
         levels: list[int] | None = None,
-        max_samples_per_epoch: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(templates=templates, max_samples_per_epoch=max_samples_per_epoch)
+        super().__init__(**common)
         for index, template in enumerate(self.templates):
             if "{" + self.template_field + "}" not in template:
                 raise ValueError(

@@ -18,6 +18,7 @@ then exposes
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 import math
 import re
@@ -49,6 +50,8 @@ FILE_FORMAT = "semrec-tokenizer"
 FORMAT_VERSION = 1
 
 DEFAULT_LEVEL_PREFIXES = "abcdefgh"
+# users' SID tokens read <ua_12><ub_7>...: never an item token under the item defaults
+DEFAULT_USER_PREFIXES = ("ua", "ub", "uc", "ud", "ue", "uf", "ug", "uh")
 
 TOKENIZERS: Registry[type[ItemTokenizer]] = Registry("tokenizer")
 
@@ -623,3 +626,22 @@ def _refuse_foreign_directory(directory: Path) -> None:
                 f"{directory}: not empty and not a saved tokenizer; refusing to replace it "
                 "(save the tokenizer into its own subdirectory)"
             )
+
+
+def level_prefixes_of(name: str, params: dict[str, Any], *, user: bool = False) -> tuple[str, ...]:
+    """The level prefixes the tokenizer registered as ``name`` uses with ``params``.
+
+    ``params["level_prefixes"]`` when given; otherwise :data:`DEFAULT_USER_PREFIXES` for a
+    user tokenizer, or the constructor's default. (A ``precomputed`` tokenizer without
+    ``level_prefixes`` reads them from its SIDs, so this returns its fallback.)
+    """
+    given = params.get("level_prefixes")
+    if given is not None:
+        return tuple(given)
+    if user:
+        return DEFAULT_USER_PREFIXES
+    parameter = inspect.signature(TOKENIZERS.get(name)).parameters.get("level_prefixes")
+    default = None if parameter is None else parameter.default
+    if default is None or default is inspect.Parameter.empty:
+        return tuple(DEFAULT_LEVEL_PREFIXES)
+    return tuple(default)
