@@ -360,6 +360,13 @@ class ExperimentConfig(_Section):
             )
         _check_component("users.embedder", users.embedder, USER_EMBEDDERS)
         _check_component("users.tokenizer", users.tokenizer, TOKENIZERS)
+        sets = users.embedder.name == "review_attention"
+        if sets and 3 not in TOKENIZERS.get(users.tokenizer.name).input_ndims:
+            raise ConfigError(
+                f"users.tokenizer.name: {users.tokenizer.name!r} takes one vector per user; the "
+                "'review_attention' embedder gives a set of review vectors per user, which "
+                "the 'ulmrec_user' tokenizer pools with its learned attention"
+            )
         items = self.items.tokenizer
         if items.name == "precomputed":  # reads its prefixes from the SIDs: checked at fit
             item_prefixes = set(items.params.get("level_prefixes") or ())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from semrec.embedders.users import HistoryTextEmbedder, ProfileEmbedder, UserDat
 from semrec.pipeline import Run
 from semrec.tasks import TASKS, TaskContext
 from semrec.tasks.base import TaskDataError, build_mixture
+from semrec.tokenizers import TOKENIZERS
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 USERS = (
@@ -220,3 +222,83 @@ def test_a_run_with_user_sids(tmp_path):
     again: list[str] = []
     Run(load_config(TINY, overrides), tmp_path / "run", echo=again.append).fit()
     assert sum(line.startswith("[tokenize] reused") for line in again) == 2
+
+
+# ---------------------------------------------------------------------------- ULMRec
+
+
+def test_review_attention_pools_two_reviews_as_eq_1():
+    from semrec.tokenizers.ulmrec_user import ReviewAttentionRQVAE
+
+    model = ReviewAttentionRQVAE(2, [2], code_dim=2, hidden_layers=[4])
+    with torch.no_grad():
+        model.attention.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    owner = torch.tensor([1.0, 1.0])
+    w1, w2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    padding = torch.zeros(2)
+    packed = torch.stack([owner, w1, w2, padding]).unsqueeze(0)  # [1, 1 + 3, 2]
+    # scores e_w^T A e_o: w1 -> 1, w2 -> 2; the padding row gets no weight
+    a1 = math.exp(1) / (math.exp(1) + math.exp(2))
+    expected = a1 * w1 + (1 - a1) * w2
+    weights = model.attention_weights(packed)
+    assert torch.allclose(weights, torch.tensor([[a1, 1 - a1, 0.0]]))
+    assert torch.allclose(model.pool(packed), expected.unsqueeze(0))
+    assert torch.equal(model.pool(expected.unsqueeze(0)), expected.unsqueeze(0))  # 2-D: as is
+
+
+def test_the_attention_learns_with_the_rq_vae(tmp_path):
+    from semrec.tokenizers import ULMRecUserTokenizer, load_tokenizer
+
+    generator = torch.Generator().manual_seed(0)
+    packed = torch.randn(40, 4, 8, generator=generator)
+    packed[:10, 3] = 0.0  # some users have fewer reviews
+    tok = ULMRecUserTokenizer(levels=2, codebook_size=8, hidden_layers=[16], epochs=3)
+    before = torch.eye(8)
+    # the gradient of the RQ-VAE loss reaches A
+    model = tok._new_model(8)
+    model.fit_standardization(packed)
+    model(packed).loss.backward()
+    assert model.attention.grad is not None and float(model.attention.grad.abs().sum()) > 0
+    tok.fit(packed, seed=0)
+    assert not torch.equal(tok.model.attention.detach(), before)  # A was trained
+    stats = tok.stats()
+    assert stats["collision_rate_after"] == 0.0 and stats["fit"]["pooled_reviews"] is True
+    assert all(sid.startswith("<ua_") for sid in tok.sid_strings())
+    with pytest.raises(ValueError, match="use 'ulmrec_user'"):
+        TOKENIZERS.get("rqkmeans")(levels=2, codebook_size=8).fit(packed)
+    saved = tmp_path / "users"
+    tok.save(saved)
+    loaded = load_tokenizer(saved)
+    assert torch.equal(loaded.codes, tok.codes)
+    assert torch.equal(loaded.model.attention, tok.model.attention)
+
+
+def test_review_sets_read_training_reviews_only():
+    from semrec.embedders.users import ReviewSetEmbedder
+
+    ds = toy(users=2, length=5)
+    reviews = [[f"review {u}-{k}" for k in range(5)] for u in range(2)]
+    with_reviews = dataclasses.replace(ds, user_text=reviews)
+    split = leave_one_out(with_reviews)
+    sets = ReviewSetEmbedder().texts(with_reviews, split)
+    assert sets == [[f"review {u}-{k}" for k in range(3)] for u in range(2)]  # last two held out
+    assert ReviewSetEmbedder(max_reviews=2, profile=True).texts(with_reviews, split)[1] == [
+        "review 1-1",
+        "review 1-2",
+        "age: 21; gender: F",
+    ]
+    with pytest.raises(UserDataError, match="source: history_titles"):
+        ReviewSetEmbedder().texts(ds, leave_one_out(ds))
+    titled = dataclasses.replace(
+        ds,
+        item_text=[{"title": f"Film {i}"} for i in range(ds.num_items)],
+        ratings=np.arange(ds.num_interactions, dtype=np.float32) % 5 + 1,
+    )
+    rated = ReviewSetEmbedder(source="history_titles").texts(titled, leave_one_out(titled))
+    first = ds.sequences()[0][:3].tolist()
+    order = titled.chronological_order()
+    expected = [f"Film {i} (rating: {titled.ratings[order][k]:g})" for k, i in enumerate(first)]
+    assert rated[0] == expected
+    texts = [f"item {i}" for i in range(ds.num_items)]
+    packed = ReviewSetEmbedder().embed(with_reviews, split, texts, lambda t: torch.ones(len(t), 3))
+    assert packed.shape == (2, 4, 3)

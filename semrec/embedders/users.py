@@ -7,11 +7,13 @@ target, and embeds text through the run's text encoder (the ``encode`` callable,
 * ``history_text``: the mean of the text embeddings of the items in the user's training
   sequence, for datasets without reviews;
 * ``profile``: the user's demographic fields as text (ml-100k: age, gender, occupation,
-  zip code), e.g. ``"age: 24; gender: M; occupation: technician; zip_code: 85711"``.
-
-``review_attention`` (ULMRec Eq. 1) is planned: it aggregates review embeddings with a
-learnable attention trained jointly with the RQ-VAE, so it belongs to the ``ulmrec_user``
-tokenizer's training rather than to a fixed embedding.
+  zip code), e.g. ``"age: 24; gender: M; occupation: technician; zip_code: 85711"``;
+* ``review_attention`` (ULMRec Eq. 1): a set of vectors per user, ``[num_users, 1 + R, d]``:
+  the embedding of the user's original id string, then one per review of a training
+  interaction (zero rows pad). The attention that pools them is learned with the RQ-VAE,
+  so the set goes to the ``ulmrec_user`` tokenizer as it is. On a dataset without reviews
+  (ml-100k) ``source: history_titles`` stands in for them: one text per training
+  interaction, ``"<title> (rating: 4)"``, plus the profile text with ``profile: true``.
 """
 
 from __future__ import annotations
@@ -49,11 +51,6 @@ class UserEmbedder(ABC):
 
 
 USER_EMBEDDERS: Registry[type[UserEmbedder]] = Registry("user embedder")
-USER_EMBEDDERS.plan(
-    "review_attention",
-    "ULMRec Eq. 1, review embeddings aggregated by an attention trained with the RQ-VAE; "
-    "use 'history_text' or 'profile'",
-)
 
 
 def train_sequences(split: Split) -> list[np.ndarray]:
@@ -131,6 +128,123 @@ class ProfileEmbedder(UserEmbedder):
         self, dataset: RecDataset, split: Split, item_texts: Sequence[str], encode: Encode
     ) -> torch.Tensor:
         return encode(self.texts(dataset))
+
+
+@USER_EMBEDDERS.register("review_attention")
+class ReviewSetEmbedder(UserEmbedder):
+    """Per user: the id-string embedding, then the embeddings of their training reviews.
+
+    ``source``: ``reviews`` (``dataset.user_text``, one review per interaction in time
+    order) or ``history_titles`` (the titles of the training items with their ratings, for
+    datasets without reviews). ``profile`` adds the profile text (``dataset.user_features``)
+    to the set; ``max_reviews`` keeps the most recent ones.
+    """
+
+    SOURCES = ("reviews", "history_titles")
+
+    def __init__(
+        self, source: str = "reviews", profile: bool = False, max_reviews: int = 20
+    ) -> None:
+        if source not in self.SOURCES:
+            raise ValueError(
+                f"review_attention: source must be one of {self.SOURCES}, got {source!r}"
+            )
+        if isinstance(max_reviews, bool) or not isinstance(max_reviews, int) or max_reviews < 1:
+            raise ValueError(
+                f"review_attention: max_reviews must be an int >= 1, got {max_reviews!r}"
+            )
+        self.source = source
+        self.profile = profile
+        self.max_reviews = max_reviews
+        self.set_sizes: list[int] = []  # per user, after embed()
+
+    def texts(self, dataset: RecDataset, split: Split) -> list[list[str]]:
+        """Per user, the texts of the set after the id: training reviews (or titles), profile."""
+        counts = [len(s) for s in train_sequences(split)]
+        if self.source == "reviews":
+            per_user = self._reviews(dataset, counts)
+        else:
+            per_user = self._rated_titles(dataset, counts)
+        per_user = [texts[-self.max_reviews :] for texts in per_user]
+        if self.profile:
+            profiles = ProfileEmbedder().texts(dataset)
+            per_user = [[*texts, profile] for texts, profile in zip(per_user, profiles)]
+        empty = [u for u, texts in enumerate(per_user) if not texts]
+        if empty:
+            raise UserDataError(
+                f"users.embedder 'review_attention': user {dataset.user_ids[empty[0]]!r} of "
+                f"dataset {dataset.name!r} has no training {self.source.replace('_', ' ')} "
+                f"({len(empty)} users have none); add profile: true or drop such users"
+            )
+        return per_user
+
+    def _reviews(self, dataset: RecDataset, counts: list[int]) -> list[list[str]]:
+        if dataset.user_text is None:
+            raise UserDataError(
+                f"users.embedder 'review_attention' needs reviews (user_text), which dataset "
+                f"{dataset.name!r} ({dataset.source}) does not provide; use source: "
+                "history_titles (titles of the training items with ratings) instead"
+            )
+        sequences = dataset.sequences()
+        per_user = []
+        for user, reviews in enumerate(dataset.user_text):
+            if len(reviews) != len(sequences[user]):
+                raise UserDataError(
+                    f"users.embedder 'review_attention': user {dataset.user_ids[user]!r} has "
+                    f"{len(reviews)} reviews but {len(sequences[user])} interactions in "
+                    f"{dataset.source or dataset.name}; needs one review per interaction"
+                )
+            kept = [" ".join(r.split()) for r in reviews[: counts[user]]]
+            per_user.append([r for r in kept if r])
+        return per_user
+
+    def _rated_titles(self, dataset: RecDataset, counts: list[int]) -> list[list[str]]:
+        from semrec.tasks.item_fields import field_text
+
+        order = dataset.chronological_order()
+        bounds = np.cumsum(np.bincount(dataset.users, minlength=dataset.num_users))[:-1]
+        items = np.split(dataset.items[order], bounds)
+        ratings = None if dataset.ratings is None else np.split(dataset.ratings[order], bounds)
+        per_user = []
+        for user, count in enumerate(counts):
+            texts = []
+            for k, item in enumerate(items[user][:count].tolist()):
+                title = field_text(dataset, item, "title") or dataset.item_ids[item]
+                rated = "" if ratings is None else f" (rating: {ratings[user][k]:g})"
+                texts.append(title + rated)
+            per_user.append(texts)
+        return per_user
+
+    def embed(
+        self, dataset: RecDataset, split: Split, item_texts: Sequence[str], encode: Encode
+    ) -> torch.Tensor:
+        sets = self.texts(dataset, split)
+        owners = encode([str(user_id) for user_id in dataset.user_ids])
+        flat = encode([text for texts in sets for text in texts])
+        width = max(len(texts) for texts in sets)
+        packed = torch.zeros(dataset.num_users, 1 + width, owners.shape[1])
+        packed[:, 0] = owners
+        start = 0
+        for user, texts in enumerate(sets):
+            packed[user, 1 : 1 + len(texts)] = flat[start : start + len(texts)]
+            start += len(texts)
+        self.set_sizes = [len(texts) for texts in sets]
+        return packed
+
+    def notes(self) -> list[str]:
+        sizes = self.set_sizes
+        if not sizes:
+            return []
+        what = (
+            "reviews"
+            if self.source == "reviews"
+            else "titles of training items with their ratings (a stand-in for reviews)"
+        )
+        extra = " plus the profile text" if self.profile else ""
+        return [
+            f"sets of {min(sizes)}-{max(sizes)} (mean {sum(sizes) / len(sizes):.1f}) {what}"
+            f"{extra}, pooled by ULMRec's attention in the user tokenizer"
+        ]
 
 
 def build_user_embedder(name: str, **params: Any) -> UserEmbedder:

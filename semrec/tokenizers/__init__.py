@@ -16,8 +16,8 @@ from semrec.tokenizers.base import (
 from semrec.tokenizers.behavior_codebook import BehaviorCodebookTokenizer
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
 from semrec.tokenizers.rqvae_usm import RandomIDTokenizer, RQVAEUSMTokenizer, VanillaIDTokenizer
+from semrec.tokenizers.ulmrec_user import ULMRecUserTokenizer
 
-TOKENIZERS.plan("ulmrec_user", "ULMRec user indices")
 TOKENIZERS.plan("ttds", "TTDS twin-tower dynamic tokenizer")
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "RQKMeansTokenizer",
     "RQVAEUSMTokenizer",
     "RandomIDTokenizer",
+    "ULMRecUserTokenizer",
     "VanillaIDTokenizer",
     "SIDConflictWarning",
     "load_tokenizer",

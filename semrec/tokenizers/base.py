@@ -72,7 +72,14 @@ class FittedCodes:
 
 
 class ItemTokenizer(abc.ABC):
-    """Base class of item tokenizers; subclasses implement the four ``_`` hooks and config()."""
+    """Base class of item tokenizers; subclasses implement the four ``_`` hooks and config().
+
+    The rows it gives SIDs are items, or users for a run's user tokenizer. ``input_ndims``
+    says what :meth:`fit` takes: 2-D vectors [n, d], or (a tokenizer that pools a set of
+    vectors per row itself) 3-D [n, m, d].
+    """
+
+    input_ndims: tuple[int, ...] = (2,)
 
     def __init__(self, level_prefixes: str | Sequence[str] = DEFAULT_LEVEL_PREFIXES) -> None:
         self.level_prefixes = level_prefixes
@@ -108,7 +115,7 @@ class ItemTokenizer(abc.ABC):
     # -------------------------------------------------------------------- fitting
     def fit(self, embeddings: torch.Tensor, seed: int | None = None) -> None:
         """Learn SIDs for ``embeddings`` [n_items, d] (row i = item i)."""
-        fitted = self._fit(_check_embeddings(embeddings), seed)
+        fitted = self._fit(_check_embeddings(embeddings, self.input_ndims), seed)
         self._set_fitted(fitted)
 
     def encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -118,12 +125,12 @@ class ItemTokenizer(abc.ABC):
         existing one (or another new one) is reported with a :class:`SIDConflictWarning`.
         """
         existing = self.codes
-        embeddings = _check_embeddings(embeddings)
+        embeddings = _check_embeddings(embeddings, self.input_ndims)
         expected = self._require_fitted().info.get("input_dim")
-        if expected is not None and embeddings.shape[1] != expected:
+        if expected is not None and embeddings.shape[-1] != expected:
             raise ValueError(
                 f"expected embeddings of dimension {expected} (as in fit), "
-                f"got {embeddings.shape[1]}"
+                f"got {embeddings.shape[-1]}"
             )
         new = self._encode_new(embeddings)
         if new.shape[1] < existing.shape[1]:
@@ -589,25 +596,31 @@ def _check_prefixes(prefixes: str | Sequence[str]) -> tuple[str, ...]:
     return items
 
 
-def _check_embeddings(embeddings: Any) -> torch.Tensor:
+def _check_embeddings(embeddings: Any, ndims: tuple[int, ...] = (2,)) -> torch.Tensor:
     """Validate item embeddings and return them as a float32 CPU tensor."""
     if not isinstance(embeddings, torch.Tensor):
         try:
             embeddings = torch.as_tensor(embeddings)
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"embeddings must be a 2-D float tensor: {err}") from None
-    if embeddings.ndim != 2:
+    if embeddings.ndim not in ndims:
+        if embeddings.ndim == 3:
+            raise ValueError(
+                f"embeddings of shape {tuple(embeddings.shape)} hold a set of vectors per row "
+                "(e.g. the 'review_attention' user embedder's reviews); this tokenizer takes "
+                "one vector per row [n, dim]; use 'ulmrec_user', which pools the set itself"
+            )
         raise ValueError(
             f"embeddings must be 2-D [n_items, dim], got shape {tuple(embeddings.shape)}"
         )
-    if embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
+    if min(embeddings.shape) < 1:
         raise ValueError(
             f"embeddings must have at least one item and one dimension, got {tuple(embeddings.shape)}"
         )
     if not (embeddings.is_floating_point() or embeddings.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"embeddings must be numeric, got dtype {embeddings.dtype}")
     embeddings = embeddings.detach().to("cpu", torch.float32)
-    bad = ~torch.isfinite(embeddings).all(dim=1)
+    bad = ~torch.isfinite(embeddings).reshape(embeddings.shape[0], -1).all(dim=1)
     if bool(bad.any()):
         rows = bad.nonzero().flatten()
         raise ValueError(
