@@ -247,6 +247,21 @@ class EvalConfig(_Section):
         return sorted(set(ks))
 
 
+class CandidatesConfig(_Section):
+    """The retriever of candidate-ranking tasks (:mod:`semrec.ranking.candidates`).
+
+    ``retriever`` is a learned ``BASELINES`` entry (``sasrec``, ``gru4rec``) built with
+    ``params`` (the run seed unless given); each example gets its top ``k`` items, without
+    the items of its history when ``exclude_history`` is on. Used only when a task needs
+    candidates.
+    """
+
+    retriever: str = "sasrec"
+    params: dict[str, Any] = {}
+    k: int = Field(20, ge=1, le=26)
+    exclude_history: bool = True
+
+
 class AnnotatorConfig(ComponentConfig):
     name: str = "hf_local"
 
@@ -288,6 +303,7 @@ class ExperimentConfig(_Section):
     users: UsersConfig = UsersConfig()
     model: ModelConfig = ModelConfig()
     tasks: list[TaskConfig] = [TaskConfig()]
+    candidates: CandidatesConfig = CandidatesConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     annotate: AnnotateConfig = AnnotateConfig()
@@ -343,6 +359,39 @@ class ExperimentConfig(_Section):
                 "history, such as 'seq' (train with it all the same)"
             )
         self._check_beams()
+        self._check_candidates()
+
+    def needs_candidates(self) -> bool:
+        """Whether a task (or the eval task) ranks retrieved candidates."""
+        from semrec.tasks import TASKS
+
+        names = {task.name for task in self.tasks} | {self.eval.task}
+        return any("candidates" in TASKS.get(name).requires for name in names)
+
+    def _check_candidates(self) -> None:
+        from semrec.cf import SequentialRecommender
+        from semrec.evaluation.baselines import BASELINES
+
+        if not self.needs_candidates():
+            return
+        cfg = self.candidates
+        try:
+            factory = BASELINES.get(cfg.retriever)
+        except KeyError as err:
+            raise ConfigError(f"candidates.retriever: {err}") from None
+        if not (isinstance(factory, type) and issubclass(factory, SequentialRecommender)):
+            raise ConfigError(
+                f"candidates.retriever: {cfg.retriever!r} is not a learned sequential "
+                "recommender; use 'sasrec' or 'gru4rec'"
+            )
+        _check_component(
+            "candidates", ComponentConfig(name=cfg.retriever, params=cfg.params), BASELINES
+        )
+        if max(self.eval.ks) > cfg.k:
+            raise ConfigError(
+                f"eval.ks: largest k ({max(self.eval.ks)}) exceeds candidates.k ({cfg.k}); "
+                "a ranking of k candidates has only k places"
+            )
 
     def _check_users(self) -> None:
         """User tokenizer and embedder names, and user SID prefixes apart from the items'."""
@@ -445,6 +494,7 @@ TRAINING_KEYS = (
     "dataset",
     "model",
     "tasks",
+    "candidates",
     "train",
     "annotate",
     # eval settings that steer checkpoint selection; test-only ones are left out

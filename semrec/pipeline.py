@@ -300,6 +300,39 @@ class Run:
             )
         return parsed
 
+    @cached_property
+    def candidates(self):
+        """Retrieved candidates of every example, when a task ranks them (else None)."""
+        if not self.config.needs_candidates():
+            return None
+        from semrec.cf import fit_cached
+        from semrec.evaluation.baselines import BASELINES
+        from semrec.ranking import retrieve_candidates
+
+        cfg = self.config.candidates
+        params = {"seed": self.config.seed, **cfg.params}
+
+        def build(**overrides):
+            return BASELINES.get(cfg.retriever)(**{**params, **overrides})
+
+        start = time.perf_counter()
+        split = self.data.split
+        sets = retrieve_candidates(
+            split,
+            build,
+            k=cfg.k,
+            exclude_history=cfg.exclude_history,
+            fit=fit_cached,
+            name=cfg.retriever,
+        )
+        self._timed("candidates", start)
+        self.echo(
+            f"[candidates] {cfg.retriever} top {cfg.k}: recall@{cfg.k} "
+            f"{sets.recall('valid', split.valid):.4f} on valid, "
+            f"{sets.recall('test', split.test):.4f} on test; " + "; ".join(sets.notes)
+        )
+        return sets
+
     # ------------------------------------------------------------------ model and training
 
     def build_model(self):
@@ -317,7 +350,7 @@ class Run:
         return built
 
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
-        data, tokenizer = self.data, self.tokenizer
+        data, tokenizer, users = self.data, self.tokenizer, self.user_tokenizer
         if self.config.model.prompt_format == "compact":
             source = training.compact_sequences(self.config, data.split, tokenizer, hf_tokenizer)
         else:
@@ -329,13 +362,26 @@ class Run:
                 annotations=self.annotations,
                 level_tokens=tokenizer.level_token_strings(),
                 token_semantics=self.token_semantics,
-                user_sids=None
-                if self.user_tokenizer is None
-                else self.user_tokenizer.sid_strings(),
+                user_sids=None if users is None else users.sid_strings(),
+                candidates=self.candidates,
             )
             formatter = prompt_formatter(self.config.model, hf_tokenizer)
             source = training.task_pairs(self.config, context, self.tasks, formatter, self.echo)
         return training.build_datamodule(self.config, data.split, source)
+
+    def candidate_ranker(self, hf_tokenizer):
+        """The verbalizer of a candidate-ranking run (None when the whole catalogue is ranked)."""
+        if self.candidates is None:
+            return None
+        from semrec.ranking import VerbalizerRanker, candidate_letters
+        from semrec.ranking.verbalizer import letter_token_ids
+
+        formatter = prompt_formatter(self.config.model, hf_tokenizer)
+        letters = candidate_letters(self.candidates.k)
+        try:
+            return VerbalizerRanker(letter_token_ids(formatter.response_ids, letters))
+        except ValueError as err:
+            raise RunError(f"candidate ranking with {self.config.model.backbone}: {err}") from None
 
     @property
     def eval_autocast(self) -> torch.dtype | None:
@@ -377,7 +423,12 @@ class Run:
         datamodule = self.datamodule(hf_tokenizer)
         exact = decoding.exact_ranker(cfg.eval, self.data.dataset.num_items)
         module = training.build_module(
-            cfg, model, decoding.beam_search(cfg.eval), self.trie(hf_tokenizer), exact
+            cfg,
+            model,
+            decoding.beam_search(cfg.eval),
+            self.trie(hf_tokenizer),
+            exact,
+            self.candidate_ranker(hf_tokenizer),
         )
         adapter_dir = self.run_dir / "adapter"
         fingerprint = self.train_fingerprint()
@@ -446,9 +497,13 @@ class Run:
             )
         self._timed("test", start)
         metrics: dict[str, float] = {}
-        for part in ("test", "test_beam"):
+        for part in ("test", "test_beam", "test_subset"):
             for name, value in module.last_metrics.get(part, {}).items():
                 metrics[f"{part}/{name}"] = value
+        if self.candidates is not None:
+            examples = datamodule.test_examples
+            ranked = self.candidates.metrics(examples, self.config.eval.ks, self.data.split)
+            metrics.update({f"retriever/{key}": value for key, value in ranked.items()})
         valid_file = self.run_dir / "valid_metrics.json"
         if valid_file.exists():
             metrics.update({f"valid/{k}": v for k, v in read_json(valid_file).items()})

@@ -27,7 +27,7 @@ def test_target_ranks_finds_first_position_or_inf() -> None:
 def test_ranking_metrics_by_hand() -> None:
     ranks = torch.tensor([0.0, 2.0, INF, 4.0])
     out = ranking_metrics(ranks, [1, 3, 5])
-    assert set(out) == {"hr@1", "hr@3", "hr@5", "ndcg@1", "ndcg@3", "ndcg@5", "mrr@5"}
+    assert set(out) == {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (1, 3, 5)}
     # HR@k: share of ranks < k -> 1/4, 2/4, 3/4
     assert out["hr@1"] == pytest.approx(0.25)
     assert out["hr@3"] == pytest.approx(0.5)
@@ -37,8 +37,10 @@ def test_ranking_metrics_by_hand() -> None:
     assert out["ndcg@1"] == pytest.approx(1 / 4)
     assert out["ndcg@3"] == pytest.approx((1 + 0.5) / 4)
     assert out["ndcg@5"] == pytest.approx((1 + 0.5 + 0.3868528072) / 4)
-    # MRR@5: mean of 1/(r + 1) -> (1 + 1/3 + 1/5) / 4
+    # MRR@k: mean of 1/(r + 1) over ranks below k -> @5: (1 + 1/3 + 1/5) / 4, @3: (1 + 1/3) / 4
     assert out["mrr@5"] == pytest.approx((1 + 1 / 3 + 1 / 5) / 4)
+    assert out["mrr@3"] == pytest.approx((1 + 1 / 3) / 4)
+    assert out["mrr@1"] == out["hr@1"]
 
 
 def test_ranking_metrics_mrr_cutoff_and_empty_input() -> None:
@@ -65,8 +67,9 @@ EXPECTED = {
     "ndcg@1": 1 / 4,
     # 1/log2(3) = 0.6309298, 1/log2(4) = 0.5, 1/log2(2) = 1
     "ndcg@3": (0.6309297536 + 0.5 + 1) / 4,
-    # 1/2 + 1/3 + 1
+    # 1/2 + 1/3 + 1; at 1 only rank 0 counts
     "mrr@3": (1 / 2 + 1 / 3 + 1) / 4,
+    "mrr@1": 1 / 4,
     # top-3 slots: two -1 in row 1 and the 7 in row 2 -> 3 of 12
     "invalid_rate": 3 / 12,
     # valid items in some top 3: {2, 0, 5} | {3} | {2, 3} | {1, 5, 2} = {0, 1, 2, 3, 5};

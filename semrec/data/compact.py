@@ -188,3 +188,7 @@ class CompactSequences:
 
     def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         return left_pad(prompts, self.pad_id)
+
+    def eval_candidates(self, examples: list[Example]) -> None:
+        """The compact format ranks the whole catalogue (no candidate lists)."""
+        return None

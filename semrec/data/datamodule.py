@@ -42,6 +42,9 @@ class TrainingData(Protocol):
     def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask`` of prompts."""
 
+    def eval_candidates(self, examples: list[Example]) -> list[list[int]] | None:
+        """Per eval example, the candidates to rank (None: the whole catalogue)."""
+
 
 def subsample_examples(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
     """A deterministic random subset of at most ``limit`` examples (all when ``limit`` is None)."""
@@ -122,7 +125,8 @@ class GenRecDataModule(L.LightningDataModule):
     (``reload_dataloaders_every_n_epochs=1``): each epoch has its own items (task template
     draws) and batch order. The train loader resumes mid-epoch from a Lightning checkpoint
     (:class:`ResumableDataLoader`). With ``mask_history`` eval batches also hold
-    ``exclude``: each user's earlier items.
+    ``exclude``: each user's earlier items; with a candidate-ranking eval task,
+    ``candidates``: each user's candidates in the prompt's letter order.
     """
 
     def __init__(
@@ -189,22 +193,24 @@ class GenRecDataModule(L.LightningDataModule):
         examples = self.valid_examples if part == "valid" else self.test_examples
         prompts = self.training.eval_prompts(examples)
         exclude = self.excluded_items(part) or [[] for _ in examples]
-        encoded = [(ids, ex.target, banned) for ids, ex, banned in zip(prompts, examples, exclude)]
+        candidates = self.training.eval_candidates(examples)
+        encoded = [
+            (ids, ex.target, banned, None if candidates is None else candidates[row])
+            for row, (ids, ex, banned) in enumerate(zip(prompts, examples, exclude))
+        ]
         # Similar lengths together: less padding in each batched beam search.
         encoded.sort(key=lambda row: len(row[0]))
         return DataLoader(
             encoded, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate_eval
         )
 
-    def _collate_eval(self, encoded: list[tuple[list[int], int, list[int]]]) -> dict:
-        batch = self.training.collate_prompts([ids for ids, _, _ in encoded])
-        batch["targets"] = torch.tensor([target for _, target, _ in encoded], dtype=torch.long)
+    def _collate_eval(self, encoded: list[tuple[list[int], int, list[int], Any]]) -> dict:
+        batch = self.training.collate_prompts([row[0] for row in encoded])
+        batch["targets"] = torch.tensor([row[1] for row in encoded], dtype=torch.long)
         if self.mask_history:
-            width = max(1, max(len(banned) for _, _, banned in encoded))
-            exclude = torch.full((len(encoded), width), -1, dtype=torch.long)
-            for row, (_, _, banned) in enumerate(encoded):
-                exclude[row, : len(banned)] = torch.tensor(banned, dtype=torch.long)
-            batch["exclude"] = exclude
+            batch["exclude"] = padded([row[2] for row in encoded])
+        if encoded[0][3] is not None:
+            batch["candidates"] = padded([row[3] for row in encoded])
         return batch
 
     def val_dataloader(self) -> DataLoader:
@@ -212,3 +218,11 @@ class GenRecDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+def padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Item-id lists as LongTensor [len(rows), longest (>= 1)], ``-1`` padded."""
+    out = torch.full((len(rows), max(1, max(map(len, rows)))), -1, dtype=torch.long)
+    for row, items in enumerate(rows):
+        out[row, : len(items)] = torch.tensor(list(items), dtype=torch.long)
+    return out

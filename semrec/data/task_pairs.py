@@ -80,3 +80,8 @@ class TaskPairs:
 
     def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         return self.formatter.collate_prompts(prompts)
+
+    def eval_candidates(self, examples: list[Example]) -> list[list[int]] | None:
+        """Per eval example, the candidates the model ranks (letter order); None: all items."""
+        candidates = getattr(self.eval_task, "eval_candidates", None)
+        return None if candidates is None else candidates(self.ctx, examples)

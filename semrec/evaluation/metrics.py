@@ -26,7 +26,10 @@ def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def ranking_metrics(
     ranks: torch.Tensor, ks: list[int], mrr_k: int | None = None
 ) -> dict[str, float]:
-    """HR@k, NDCG@k for every k in ``ks`` and MRR@``mrr_k`` (default: largest k), averaged."""
+    """HR@k, NDCG@k and MRR@k for every k in ``ks`` (and MRR@``mrr_k``), averaged.
+
+    HR@k equals Recall@k here: each example has one target.
+    """
     out: dict[str, float] = {}
     if ranks.numel() == 0:
         return out
@@ -35,9 +38,10 @@ def ranking_metrics(
         out[f"hr@{k}"] = hit.float().mean().item()
         gain = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
         out[f"ndcg@{k}"] = gain.mean().item()
-    k = mrr_k or max(ks)
-    hit = ranks < k
-    out[f"mrr@{k}"] = torch.where(hit, 1.0 / (ranks + 1.0), torch.zeros_like(ranks)).mean().item()
+    for k in sorted({*ks, mrr_k or max(ks)}):
+        hit = ranks < k
+        reciprocal = torch.where(hit, 1.0 / (ranks + 1.0), torch.zeros_like(ranks))
+        out[f"mrr@{k}"] = reciprocal.mean().item()
     return out
 
 

@@ -15,6 +15,11 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
         rows.append(("semrec, beam search (test)", "test_beam/"))
     baselines = sorted({key.split("/")[0] for key in metrics if key.count("/") == 2})
     rows += [(f"{name} (test)", f"{name}/test/") for name in baselines]
+    if any(key.startswith("test_subset/") for key in metrics):  # candidate ranking
+        rows += [
+            ("semrec, retrieved users (test)", "test_subset/"),
+            ("retriever, retrieved users (test)", "retriever/test_subset/"),
+        ]
     extra = ["invalid_rate", "coverage"]
     header = "| method | " + " | ".join(c.upper() for c in columns + extra) + " |"
     lines = [header, "|" + "---|" * (len(columns) + len(extra) + 1)]

@@ -95,6 +95,7 @@ def build_module(
     decoder: ConstrainedBeamSearch,
     trie: SIDTrie,
     exact_ranker=None,
+    candidate_ranker=None,
 ):
     from semrec.models.module import GenRecModule
 
@@ -107,6 +108,7 @@ def build_module(
         weight_decay=config.train.weight_decay,
         warmup_ratio=config.train.warmup_ratio,
         exact_ranker=exact_ranker,
+        candidate_ranker=candidate_ranker,
     )
 
 

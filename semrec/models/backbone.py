@@ -110,7 +110,9 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> PreTrainedTokenizerF
         "buy watch like predict based on history a an of is and with for this you "
         "which title description it be should has liked then user's"
     ).split()
-    words += list(".,:;!?'\"()-_<>/") + [str(d) for d in range(10)] + list(extra_words or [])
+    words += list(".,:;!?'\"()-_<>/") + [str(d) for d in range(10)]
+    words += list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")  # candidate letters (candidate_ranking)
+    words += list(extra_words or [])
     return word_level_tokenizer(words, bos_token="<s>")
 
 

@@ -29,6 +29,11 @@ class GenRecModule(L.LightningModule):
     Validation always uses the beam search. Eval batches may carry ``exclude`` (items
     never to recommend, ``-1`` padded: ``eval.mask_history``).
 
+    Eval batches with ``candidates`` (a candidate-ranking eval task) are ranked by the
+    ``candidate_ranker`` (:class:`~semrec.ranking.verbalizer.VerbalizerRanker`) instead:
+    ``val/*`` and ``test/*`` count a target the retriever missed as a miss, and
+    ``val_subset/*`` / ``test_subset/*`` cover only the users whose target is a candidate.
+
     Full Lightning checkpoints (for resuming) hold only the trainable parameters (the
     frozen base is rebuilt from the config) plus the torch/numpy/python RNG states.
     """
@@ -46,6 +51,7 @@ class GenRecModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
         exact_ranker: Any | None = None,
+        candidate_ranker: Any | None = None,
     ) -> None:
         super().__init__()
         # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's
@@ -54,6 +60,7 @@ class GenRecModule(L.LightningModule):
         self.model = model.train()
         self.decoder = decoder
         self.exact_ranker = exact_ranker
+        self.candidate_ranker = candidate_ranker
         self.trie = trie
         self.ks = sorted(ks)
         self.lr = lr
@@ -62,6 +69,12 @@ class GenRecModule(L.LightningModule):
         self.val_metrics = TopKRankingMetrics(self.ks, trie.num_items)
         self.test_metrics = TopKRankingMetrics(self.ks, trie.num_items)
         self.test_beam_metrics = TopKRankingMetrics(self.ks, trie.num_items)
+        self.subset_metrics = nn.ModuleDict(
+            {
+                "val_subset": TopKRankingMetrics(self.ks, trie.num_items),
+                "test_subset": TopKRankingMetrics(self.ks, trie.num_items),
+            }
+        )
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def set_trie(self, trie: SIDTrie) -> None:
@@ -136,10 +149,29 @@ class GenRecModule(L.LightningModule):
         )
         metric.update(result.items.cpu(), batch["targets"].cpu())
 
+    def _rank_candidates(self, batch: dict[str, torch.Tensor], part: str) -> None:
+        """Verbalizer ranking of the batch's candidates: overall and retrieved-subset metrics."""
+        if self.candidate_ranker is None:
+            raise RuntimeError("eval batches hold candidates but the module has no ranker")
+        ranked = self.candidate_ranker.rank(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["candidates"]
+        )
+        targets = batch["targets"].cpu()
+        (self.val_metrics if part == "val" else self.test_metrics).update(ranked, targets)
+        retrieved = (batch["candidates"].cpu() == targets[:, None]).any(dim=1)
+        if bool(retrieved.any()):
+            self.subset_metrics[f"{part}_subset"].update(ranked[retrieved], targets[retrieved])
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "candidates" in batch:
+            self._rank_candidates(batch, "val")
+            return
         self._eval_step(batch, self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "candidates" in batch:
+            self._rank_candidates(batch, "test")
+            return
         if self.exact_ranker is None:
             self._eval_step(batch, self.test_metrics)
             return
@@ -164,9 +196,13 @@ class GenRecModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
+        if self.candidate_ranker is not None:
+            self._log_metrics("val_subset", self.subset_metrics["val_subset"])
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
+        if self.candidate_ranker is not None:
+            self._log_metrics("test_subset", self.subset_metrics["test_subset"])
         if self.exact_ranker is not None:
             self._log_metrics("test_beam", self.test_beam_metrics)
 

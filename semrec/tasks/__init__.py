@@ -14,11 +14,13 @@ from semrec.tasks.base import (
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
 from semrec.tasks.negative import NegativeBehaviorTask
 from semrec.tasks.query import QueryAlignmentTask
+from semrec.tasks.ranking import CandidateRankingTask
 from semrec.tasks.sequential import SequentialTask
 from semrec.tasks.token_alignment import SemanticToTokenTask, TokenToSemanticTask
 
 __all__ = [
     "TASKS",
+    "CandidateRankingTask",
     "HistoryIntentionToItemTask",
     "HistoryToDescriptionTask",
     "HistoryToTitleTask",

@@ -53,7 +53,8 @@ class TaskContext:
     ``level_tokens[l]`` lists the SID token strings of level ``l``; ``token_semantics`` maps a
     token string to its parsed TS-Rec semantics (``.description``, ``.keywords``).
     ``user_sids[u]`` is user ``u``'s SID string when the run gives users SIDs
-    (``users.tokenizer``).
+    (``users.tokenizer``); ``candidates`` the retrieved candidates of every example
+    (:class:`~semrec.ranking.candidates.CandidateSets`) when a task ranks them.
     """
 
     dataset: RecDataset
@@ -64,6 +65,7 @@ class TaskContext:
     level_tokens: list[list[str]] | None = None
     token_semantics: dict[str, Any] | None = None
     user_sids: list[str] | None = None
+    candidates: Any | None = None  # semrec.ranking.CandidateSets, for candidate ranking
 
     def history_text(self, history: tuple[int, ...], separator: str = ", ") -> str:
         return separator.join(self.sids[i] for i in history)
