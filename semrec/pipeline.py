@@ -328,8 +328,8 @@ class Run:
         self._timed("candidates", start)
         self.echo(
             f"[candidates] {cfg.retriever} top {cfg.k}: recall@{cfg.k} "
-            f"{sets.recall('valid', split.valid):.4f} on valid, "
-            f"{sets.recall('test', split.test):.4f} on test; " + "; ".join(sets.notes)
+            f"{sets.recall(split.valid):.4f} on valid, "
+            f"{sets.recall(split.test):.4f} on test; " + "; ".join(sets.notes)
         )
         return sets
 

@@ -77,11 +77,11 @@ class CandidateSets:
             if len(targets[rows]):
                 metric.update(ranked[rows], targets[rows])
             out.update({f"{part}/{name}": value for name, value in metric.compute().items()})
-        out[f"test/recall@{self.k}"] = float(retrieved.float().mean()) if len(targets) else 0.0
+        out[f"test/recall@{self.k}"] = self.recall(examples)
         return out
 
-    def recall(self, part: str, examples: Sequence[Example]) -> float:
-        """Fraction of ``examples`` (of ``part``) whose target is among their candidates."""
+    def recall(self, examples: Sequence[Example]) -> float:
+        """Fraction of ``examples`` whose target is among their candidates."""
         if not examples:
             return 0.0
         return sum(ex.target in self.of(ex) for ex in examples) / len(examples)
