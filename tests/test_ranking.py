@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 from torch import nn
 
 from semrec.cf import SASRec
+from semrec.config import load_config
 from semrec.data import RecDataset, leave_one_out
+from semrec.pipeline import Run
 from semrec.ranking import VerbalizerRanker, candidate_letters, retrieve_candidates
 from semrec.ranking.verbalizer import letter_token_ids
 
@@ -98,3 +101,28 @@ def test_retrieved_candidates_never_come_from_a_model_that_saw_their_target():
         valid_items[index] = (valid_items[index] + 7) % ds.num_items
     moved = candidates_of(dataclasses.replace(ds, items=valid_items))
     assert moved.test != reference.test
+
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+RANKING = [
+    "tasks=[{name: candidate_ranking, params: {items_as: sid, user_index: none, "
+    "candidate_order: retriever}}]",
+    "eval.task=candidate_ranking",
+    "eval.ks=[1,5]",
+    "eval.baselines=[]",
+    "candidates.k=5",
+    "candidates.params={hidden_size: 16, max_epochs: 30}",
+    "train.epochs=20",
+]
+
+
+def test_a_tiny_ranking_run_learns_to_read_the_letters(tmp_path):
+    """Synthetic data, tiny LLaMA trained on letters in the retriever's order: the ranker's
+    MRR@5 rises from chance (about .46 for 5 shuffled candidates) to at least .85."""
+    lines: list[str] = []
+    metrics = Run(load_config(TINY, RANKING), tmp_path / "run", echo=lines.append).fit()
+    chance = sum(1 / r for r in range(1, 6)) / 5
+    assert metrics["retriever/test/mrr@5"] >= 0.85  # the synthetic rule is easy for SASRec
+    assert metrics["test/mrr@5"] >= 0.85 > chance + 0.3
+    assert metrics["test/hr@5"] == metrics["test_subset/hr@5"] == 1.0  # recall@5 is 1 here
+    assert any("scored by their letter logits" in line for line in lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from semrec.config import ExperimentConfig
+from semrec.tasks import TASKS
 
 
 def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | None = None) -> str:
@@ -63,16 +64,23 @@ def report_notes(
             f"(eval.max_test_users={ev.max_test_users}); standard error of "
             f"HR@10 ~ {hr_stderr(metrics.get('test/hr@10', 0.0), n_test):.3f}"
         )
-    notes.append(
-        "ranking: "
-        + (
-            "exact (every item scored)"
-            if ev.exact_ranking
-            else f"beam search ({ev.num_beams} beams)"
+    if config.needs_candidates() and "candidates" in TASKS.get(ev.task).requires:
+        protocol = (
+            f"ranking: the {config.candidates.k} candidates of the {config.candidates.retriever}"
+            " retriever, scored by their letter logits (verbalizer); a target the retriever "
+            "missed counts as a miss"
         )
-        + f", history items {'masked' if ev.mask_history else 'not masked'} (eval.mask_history)"
-        + f", decoding in {'bf16' if ev.precision == 'bf16' else 'fp32'}"
-    )
+    else:
+        protocol = (
+            "ranking: "
+            + (
+                "exact (every item scored)"
+                if ev.exact_ranking
+                else f"beam search ({ev.num_beams} beams)"
+            )
+            + f", history items {'masked' if ev.mask_history else 'not masked'} (eval.mask_history)"
+        )
+    notes.append(protocol + f", decoding in {'bf16' if ev.precision == 'bf16' else 'fp32'}")
     k = max(ev.ks)
     if f"test_beam/hr@{k}" in metrics:
         exact, beam = metrics[f"test/hr@{k}"], metrics[f"test_beam/hr@{k}"]

@@ -10,6 +10,9 @@ generates. The candidates come from the run's retriever (:mod:`semrec.ranking.ca
 SID, "P-ID"; needs ``users.tokenizer``), ``original`` (the dataset's raw user id, "O-ID"),
 ``number`` (1, 2, 3, ...: "N-ID") or ``none``. ``items_as`` writes history and candidates
 as titles (ULMRec, LlamaRec; an untitled item appears as its SID) or as SIDs.
+``candidate_order`` letters the candidates in a shuffled order (``shuffled``: a new order
+every training epoch, a fixed one per evaluation example, so the letter says nothing about
+the retriever's rank) or in the retriever's order (``retriever``: ``(A)`` is its top item).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from semrec.tasks.item_fields import field_text
 
 USER_INDEXES = ("sid", "original", "number", "none")
 ITEM_FORMATS = ("title", "sid")
+CANDIDATE_ORDERS = ("shuffled", "retriever")
 
 
 @TASKS.register("candidate_ranking")
@@ -43,8 +47,21 @@ class CandidateRankingTask(RecommendationTask):
         "answer with the letter of the best one.",
     )
 
-    def __init__(self, *, user_index: str = "sid", items_as: str = "title", **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        user_index: str = "sid",
+        items_as: str = "title",
+        candidate_order: str = "shuffled",
+        **common: Any,
+    ) -> None:
         super().__init__(**common)
+        if candidate_order not in CANDIDATE_ORDERS:
+            raise ValueError(
+                f"task {self.name!r}: candidate_order must be one of {CANDIDATE_ORDERS}, "
+                f"got {candidate_order!r}"
+            )
+        self.candidate_order = candidate_order
         if user_index not in USER_INDEXES:
             raise ValueError(
                 f"task {self.name!r}: user_index must be one of {USER_INDEXES}, got {user_index!r}"
@@ -88,7 +105,8 @@ class CandidateRankingTask(RecommendationTask):
     def lettered(self, ctx: TaskContext, example: Example, rng: random.Random) -> list[int]:
         """The example's candidates in the order they get letters A, B, ..."""
         candidates = list(ctx.candidates.of(example))
-        rng.shuffle(candidates)
+        if self.candidate_order == "shuffled":
+            rng.shuffle(candidates)
         return candidates
 
     def _prompt(self, ctx: TaskContext, example: Example, order: list[int], template: int) -> str:
