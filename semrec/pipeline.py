@@ -349,25 +349,32 @@ class Run:
         self._timed("load_model", start)
         return built
 
-    def datamodule(self, hf_tokenizer) -> GenRecDataModule:
+    @cached_property
+    def task_context(self) -> TaskContext:
+        """What the tasks read: data, SID tables of items and users, annotations, candidates."""
         data, tokenizer, users = self.data, self.tokenizer, self.user_tokenizer
+        return TaskContext(
+            data.dataset,
+            data.split,
+            tokenizer.sid_strings(),
+            data.item_texts,
+            annotations=self.annotations,
+            level_tokens=tokenizer.level_token_strings(),
+            token_semantics=self.token_semantics,
+            user_sids=None if users is None else users.sid_strings(),
+            candidates=self.candidates,
+        )
+
+    def datamodule(self, hf_tokenizer) -> GenRecDataModule:
+        split = self.data.split
         if self.config.model.prompt_format == "compact":
-            source = training.compact_sequences(self.config, data.split, tokenizer, hf_tokenizer)
+            source = training.compact_sequences(self.config, split, self.tokenizer, hf_tokenizer)
         else:
-            context = TaskContext(
-                data.dataset,
-                data.split,
-                tokenizer.sid_strings(),
-                data.item_texts,
-                annotations=self.annotations,
-                level_tokens=tokenizer.level_token_strings(),
-                token_semantics=self.token_semantics,
-                user_sids=None if users is None else users.sid_strings(),
-                candidates=self.candidates,
-            )
             formatter = prompt_formatter(self.config.model, hf_tokenizer)
-            source = training.task_pairs(self.config, context, self.tasks, formatter, self.echo)
-        return training.build_datamodule(self.config, data.split, source)
+            source = training.task_pairs(
+                self.config, self.task_context, self.tasks, formatter, self.echo
+            )
+        return training.build_datamodule(self.config, split, source)
 
     def candidate_ranker(self, hf_tokenizer):
         """The verbalizer of a candidate-ranking run (None when the whole catalogue is ranked)."""
@@ -509,6 +516,7 @@ class Run:
             metrics.update({f"valid/{k}": v for k, v in read_json(valid_file).items()})
         if self.config.eval.token_understanding.enabled:
             metrics.update(self.token_understanding(module.model, trained_tokenizer))
+        metrics.update(self.rating_prediction(module.model, trained_tokenizer, datamodule))
         examples = {"test": datamodule.test_examples, "valid": datamodule.valid_examples}
         exclude = {part: datamodule.excluded_items(part) for part in examples}
         scores, seconds = run_baselines(
@@ -516,6 +524,34 @@ class Run:
         )
         self.timings.update({f"baseline_{name}": s for name, s in seconds.items()})
         return {**metrics, **scores}
+
+    def rating_prediction(self, model, hf_tokenizer, datamodule) -> dict[str, float]:
+        """MAE/RMSE of the ``rating_prediction`` task on the test items, when it is trained."""
+        from semrec.evaluation.rating import evaluate_rating_task
+        from semrec.tasks import RatingPredictionTask
+
+        task = next((t for t, _ in self.tasks if isinstance(t, RatingPredictionTask)), None)
+        if task is None:
+            return {}
+        start = time.perf_counter()
+        metrics = evaluate_rating_task(
+            model,
+            prompt_formatter(self.config.model, hf_tokenizer),
+            task,
+            self.task_context,
+            datamodule.test_examples,
+            batch_size=self.config.eval.batch_size,
+        )
+        self._timed("rating_prediction", start)
+        self.echo(
+            f"[eval] rating prediction on {metrics['test/rated']:.0f} test items: MAE "
+            f"{metrics['test/rating_mae']:.4f}, RMSE {metrics['test/rating_rmse']:.4f} (user "
+            f"mean {metrics['user_mean/test/rating_mae']:.4f} / "
+            f"{metrics['user_mean/test/rating_rmse']:.4f}, global mean "
+            f"{metrics['global_mean/test/rating_mae']:.4f} / "
+            f"{metrics['global_mean/test/rating_rmse']:.4f})"
+        )
+        return metrics
 
     def token_understanding(self, model, hf_tokenizer) -> dict[str, float]:
         """TS-Rec RQ4: Title2SID / SID2Title accuracy (``eval.token_understanding``); a few

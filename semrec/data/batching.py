@@ -30,6 +30,10 @@ class PromptEncoder(Protocol):
         """Token ids of a generation prompt."""
         ...
 
+    def response_ids(self, response: str) -> list[int]:
+        """Token ids of a response, ending with EOS."""
+        ...
+
     def collate_prompts(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """A left-padded generation batch."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -150,6 +151,16 @@ class RecDataset:
         order = self.chronological_order()
         counts = np.bincount(self.users, minlength=self.num_users)
         return np.split(self.items[order], np.cumsum(counts)[:-1])
+
+    @cached_property
+    def ratings_by_pair(self) -> dict[tuple[int, int], float]:
+        """``(user, item) -> rating`` (the latest one when a pair repeats); ``{}`` unrated.
+        Computed once per dataset object."""
+        if self.ratings is None:
+            return {}
+        order = self.chronological_order()
+        pairs = zip(self.users[order].tolist(), self.items[order].tolist())
+        return dict(zip(pairs, self.ratings[order].tolist()))
 
     def item_popularity(self) -> np.ndarray:
         """Number of interactions per item (int64, length ``num_items``)."""

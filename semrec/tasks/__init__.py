@@ -14,19 +14,30 @@ from semrec.tasks.base import (
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
 from semrec.tasks.negative import NegativeBehaviorTask
 from semrec.tasks.query import QueryAlignmentTask
-from semrec.tasks.ranking import CandidateRankingTask
+from semrec.tasks.ranking import CandidateRankingTask, IntentToCandidateTask
 from semrec.tasks.sequential import SequentialTask
 from semrec.tasks.token_alignment import SemanticToTokenTask, TokenToSemanticTask
+from semrec.tasks.user_alignment import (
+    HistoryToIndexTask,
+    IndexToPreferenceTask,
+    PreferenceToIndexTask,
+    RatingPredictionTask,
+)
 
 __all__ = [
     "TASKS",
     "CandidateRankingTask",
     "HistoryIntentionToItemTask",
     "HistoryToDescriptionTask",
+    "HistoryToIndexTask",
     "HistoryToTitleTask",
+    "IndexToPreferenceTask",
+    "IntentToCandidateTask",
     "IntentionToItemTask",
     "NegativeBehaviorTask",
     "PreferenceTask",
+    "PreferenceToIndexTask",
+    "RatingPredictionTask",
     "QueryAlignmentTask",
     "RecommendationTask",
     "SIDToTextTask",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from semrec.data.dataset import RecDataset
-from semrec.tasks.base import TaskDataError
+from semrec.tasks.base import TaskContext, TaskDataError
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +45,19 @@ def report_skipped(task: str, skipped: int, total: int, reason: str) -> None:
     """Log how many of a task's ``total`` candidate pairs were left out of the epoch, and why."""
     if skipped:
         log.info("task %r: skipped %d of %d pairs (%s)", task, skipped, total, reason)
+
+
+ITEM_FORMATS = ("title", "sid")
+
+
+def item_label(ctx: TaskContext, item: int, items_as: str = "title") -> str:
+    """The item as a prompt lists it: its title (its SID when untitled), or its SID."""
+    if items_as == "sid":
+        return ctx.sids[item]
+    return field_text(ctx.dataset, item, "title") or ctx.sids[item]
+
+
+def numbered(labels: list[str], marks: list[str] | None = None) -> str:
+    """``"(1) first (2) second"``, or with ``marks`` (letters) in place of the numbers."""
+    marks = marks or [str(k) for k in range(1, len(labels) + 1)]
+    return " ".join(f"({mark}) {label}" for mark, label in zip(marks, labels))

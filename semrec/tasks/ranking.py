@@ -23,10 +23,14 @@ from typing import Any
 from semrec.data.split import Example
 from semrec.ranking.verbalizer import candidate_letters
 from semrec.tasks.base import TASKS, RecommendationTask, Sample, TaskContext, TaskDataError
-from semrec.tasks.item_fields import field_text
+from semrec.tasks.item_fields import ITEM_FORMATS, item_label, numbered
+from semrec.tasks.preferences import (
+    check_preference_source,
+    preference_notes,
+    user_preferences,
+)
+from semrec.tasks.user_index import UserIndex
 
-USER_INDEXES = ("sid", "original", "number", "none")
-ITEM_FORMATS = ("title", "sid")
 CANDIDATE_ORDERS = ("shuffled", "retriever")
 
 
@@ -62,22 +66,12 @@ class CandidateRankingTask(RecommendationTask):
                 f"got {candidate_order!r}"
             )
         self.candidate_order = candidate_order
-        if user_index not in USER_INDEXES:
-            raise ValueError(
-                f"task {self.name!r}: user_index must be one of {USER_INDEXES}, got {user_index!r}"
-            )
         if items_as not in ITEM_FORMATS:
             raise ValueError(
                 f"task {self.name!r}: items_as must be one of {ITEM_FORMATS}, got {items_as!r}"
             )
-        self.user_index = user_index
+        self.user_index = UserIndex(user_index, self.name)
         self.items_as = items_as
-
-    def item_text(self, ctx: TaskContext, item: int) -> str:
-        """The item as the prompt writes it: its title (SID when untitled) or its SID."""
-        if self.items_as == "sid":
-            return ctx.sids[item]
-        return field_text(ctx.dataset, item, "title") or ctx.sids[item]
 
     def check(self, ctx: TaskContext) -> None:
         if ctx.candidates is None:
@@ -85,22 +79,12 @@ class CandidateRankingTask(RecommendationTask):
                 f"task {self.name!r} needs retrieved candidates (the run retrieves them with "
                 "the candidates: section when a task needs them)"
             )
-        if self.user_index == "sid" and ctx.user_sids is None:
-            raise TaskDataError(
-                f"task {self.name!r}: user_index 'sid' needs user SIDs; give users a tokenizer "
-                "(users.tokenizer) or use user_index original, number or none"
-            )
+        self.user_index.check(ctx)
         candidate_letters(ctx.candidates.k)  # at most 26
 
     def user_text(self, ctx: TaskContext, user: int) -> str:
-        if self.user_index == "none":
-            return ""
-        index = {
-            "sid": lambda: ctx.user_sids[user],
-            "original": lambda: str(ctx.dataset.user_ids[user]),
-            "number": lambda: str(user + 1),
-        }[self.user_index]()
-        return f"User index: {index}.\n"
+        index = self.user_index.text(ctx, user)
+        return f"User index: {index}.\n" if index else ""
 
     def lettered(self, ctx: TaskContext, example: Example, rng: random.Random) -> list[int]:
         """The example's candidates in the order they get letters A, B, ..."""
@@ -110,16 +94,16 @@ class CandidateRankingTask(RecommendationTask):
         return candidates
 
     def _prompt(self, ctx: TaskContext, example: Example, order: list[int], template: int) -> str:
-        history = " ".join(
-            f"({k}) {self.item_text(ctx, item)}" for k, item in enumerate(example.history, 1)
-        )
-        letters = candidate_letters(len(order)) if order else []
-        listed = " ".join(
-            f"({letter}) {self.item_text(ctx, item)}" for letter, item in zip(letters, order)
-        )
+        history = numbered([item_label(ctx, i, self.items_as) for i in example.history])
+        listed = self.listed(ctx, order)
         return self.templates[template].format(
             user=self.user_text(ctx, example.user), history=history, candidates=listed
         )
+
+    def listed(self, ctx: TaskContext, order: list[int]) -> str:
+        """The candidates lettered: ``"(A) first (B) second ..."``."""
+        letters = candidate_letters(len(order)) if order else []
+        return numbered([item_label(ctx, i, self.items_as) for i in order], letters)
 
     def prompt(self, ctx: TaskContext, example: Example, template: int = 0) -> str:
         return self._prompt(ctx, example, self.lettered(ctx, example, eval_rng(example)), template)
@@ -152,3 +136,57 @@ class CandidateRankingTask(RecommendationTask):
 def eval_rng(example: Example) -> random.Random:
     """The fixed letter order of an evaluation example (the same in every run)."""
     return random.Random(f"{example.user}:{len(example.history)}:{example.history[-1:]}")
+
+
+@TASKS.register("intent_candidate")
+class IntentToCandidateTask(CandidateRankingTask):
+    """ULMRec's intent-based item prediction (4.2.6): preferences and lettered candidates ->
+    the letter of the user's next item, without the history.
+
+    One pair per user: the target is the user's last training item, the candidates those of
+    that training example. Preferences come from ``preference_source``
+    (:mod:`semrec.tasks.preferences`).
+    """
+
+    name = "intent_candidate"
+    templates = (
+        "{user}Given user's preference and candidate items, recommend an item from the "
+        "candidate pool with its index letter for this user.\nPreference: {preference}\n"
+        "Candidate pool: {candidates}",
+        "{user}The user's preferences: {preference}\nWhich of these items suits the user "
+        "best? {candidates}\nAnswer with its letter.",
+    )
+
+    def __init__(
+        self, *, preference_source: str = "annotations", user_index: str = "none", **common: Any
+    ) -> None:
+        super().__init__(user_index=user_index, **common)
+        check_preference_source(self.name, preference_source)
+        self.preference_source = preference_source
+
+    def notes(self) -> list[str]:
+        return preference_notes(self.name, self.preference_source)
+
+    def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
+        self.check(ctx)
+        preferences = user_preferences(ctx, self.name, self.preference_source)
+        last = {ex.user: ex for ex in ctx.split.train}  # train examples are in time order
+        samples = []
+        for user in self.epoch_subset(sorted(last), rng):
+            if not preferences[user]:
+                continue
+            example = last[user]
+            order = self.lettered(ctx, example, rng)
+            letter = candidate_letters(len(order))[order.index(example.target)]
+            prompt = self.templates[rng.randrange(len(self.templates))].format(
+                user=self.user_text(ctx, user),
+                preference=preferences[user],
+                candidates=self.listed(ctx, order),
+            )
+            samples.append(Sample(self.name, prompt, letter, example.target, user))
+        return samples
+
+    def prompt(self, ctx: TaskContext, example: Example, template: int = 0) -> str:
+        raise TaskDataError(
+            f"task {self.name!r} is a training task; evaluate with candidate_ranking"
+        )
