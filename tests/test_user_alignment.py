@@ -208,3 +208,11 @@ def test_error_metrics_and_baselines():
     predictions = baseline_ratings([0, 1], [[5.0, 3.0], []])
     assert predictions == {"global_mean": [4.0, 4.0], "user_mean": [4.0, 4.0]}
     assert baseline_ratings([0], [[5.0], [1.0, 1.0, 1.0]])["user_mean"] == [5.0]
+
+
+def test_a_category_is_never_both_liked_and_disliked():
+    ds = rated_toy()
+    # user 0 rates two Drama items 5 and two 1: Drama is liked, so not also disliked
+    rating_of = {(0, 0): 5.0, (0, 3): 5.0, (0, 6): 1.0, (0, 9): 1.0, (0, 2): 1.0}
+    text = derived_preference(ds, 0, np.array([0, 3, 6, 9, 2]), rating_of)
+    assert text.startswith("Likes Drama. Dislikes Horror. Favourites: Film 3; Film 0.")
