@@ -49,6 +49,7 @@ from semrec.data.split import fingerprint_examples
 from semrec.decoding import SIDTrie
 from semrec.evaluation.report import format_tokenizer_stats, metrics_table, report_notes
 from semrec.factories import decoding, training
+from semrec.factories.candidates import run_candidates, verbalizer
 from semrec.factories.data import PreparedData, prepare_data
 from semrec.factories.item_vectors import ItemVectors
 from semrec.factories.model import build_model, prompt_formatter
@@ -305,32 +306,9 @@ class Run:
         """Retrieved candidates of every example, when a task ranks them (else None)."""
         if not self.config.needs_candidates():
             return None
-        from semrec.cf import fit_cached
-        from semrec.evaluation.baselines import BASELINES
-        from semrec.ranking import retrieve_candidates
-
-        cfg = self.config.candidates
-        params = {"seed": self.config.seed, **cfg.params}
-
-        def build(**overrides):
-            return BASELINES.get(cfg.retriever)(**{**params, **overrides})
-
         start = time.perf_counter()
-        split = self.data.split
-        sets = retrieve_candidates(
-            split,
-            build,
-            k=cfg.k,
-            exclude_history=cfg.exclude_history,
-            fit=fit_cached,
-            name=cfg.retriever,
-        )
+        sets = run_candidates(self.config, self.data.split, self.echo)
         self._timed("candidates", start)
-        self.echo(
-            f"[candidates] {cfg.retriever} top {cfg.k}: recall@{cfg.k} "
-            f"{sets.recall(split.valid):.4f} on valid, "
-            f"{sets.recall(split.test):.4f} on test; " + "; ".join(sets.notes)
-        )
         return sets
 
     # ------------------------------------------------------------------ model and training
@@ -380,15 +358,8 @@ class Run:
         """The verbalizer of a candidate-ranking run (None when the whole catalogue is ranked)."""
         if self.candidates is None:
             return None
-        from semrec.ranking import VerbalizerRanker, candidate_letters
-        from semrec.ranking.verbalizer import letter_token_ids
-
         formatter = prompt_formatter(self.config.model, hf_tokenizer)
-        letters = candidate_letters(self.candidates.k)
-        try:
-            return VerbalizerRanker(letter_token_ids(formatter.response_ids, letters))
-        except ValueError as err:
-            raise RunError(f"candidate ranking with {self.config.model.backbone}: {err}") from None
+        return verbalizer(self.config, formatter, self.candidates.k)
 
     @property
     def eval_autocast(self) -> torch.dtype | None:
@@ -527,7 +498,7 @@ class Run:
 
     def rating_prediction(self, model, hf_tokenizer, datamodule) -> dict[str, float]:
         """MAE/RMSE of the ``rating_prediction`` task on the test items, when it is trained."""
-        from semrec.evaluation.rating import evaluate_rating_task
+        from semrec.evaluation.rating import evaluate_rating_task, rating_report
         from semrec.tasks import RatingPredictionTask
 
         task = next((t for t, _ in self.tasks if isinstance(t, RatingPredictionTask)), None)
@@ -543,14 +514,7 @@ class Run:
             batch_size=self.config.eval.batch_size,
         )
         self._timed("rating_prediction", start)
-        self.echo(
-            f"[eval] rating prediction on {metrics['test/rated']:.0f} test items: MAE "
-            f"{metrics['test/rating_mae']:.4f}, RMSE {metrics['test/rating_rmse']:.4f} (user "
-            f"mean {metrics['user_mean/test/rating_mae']:.4f} / "
-            f"{metrics['user_mean/test/rating_rmse']:.4f}, global mean "
-            f"{metrics['global_mean/test/rating_mae']:.4f} / "
-            f"{metrics['global_mean/test/rating_rmse']:.4f})"
-        )
+        self.echo(rating_report(metrics))
         return metrics
 
     def token_understanding(self, model, hf_tokenizer) -> dict[str, float]:

@@ -247,6 +247,8 @@ def test_unquoted_precision_32_is_accepted() -> None:
     assert load_config(TINY, ["train.precision=32"]).train.precision == "32"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_shipped_experiment_config_loads(path):
     assert load_config(path).name == path.stem

@@ -186,6 +186,21 @@ def test_metrics_table_rows_for_semrec_and_baselines() -> None:
     ]
 
 
+def test_rating_metrics_get_a_line_of_their_own_not_a_row() -> None:
+    metrics = {
+        "test/hr@1": 0.5,
+        "test/rating_mae": 0.9,
+        "test/rating_rmse": 1.1,
+        "user_mean/test/rating_mae": 0.8,
+        "user_mean/test/rating_rmse": 1.2,
+    }
+    lines = metrics_table(metrics, [1]).splitlines()
+    assert not any(line.startswith("| user_mean") for line in lines)
+    assert lines[-1] == (
+        "Rating prediction (MAE / RMSE): semrec 0.9000 / 1.1000, user mean 0.8000 / 1.2000"
+    )
+
+
 def test_metrics_table_without_values_shows_dashes() -> None:
     lines = metrics_table({}, [10]).splitlines()
     assert lines[0] == "| method | HR@10 | NDCG@10 | MRR@10 | INVALID_RATE | COVERAGE |"

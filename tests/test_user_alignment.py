@@ -18,6 +18,7 @@ from semrec.evaluation.rating import (
     error_metrics,
     evaluate_rating_task,
     predicted_ratings,
+    rating_report,
 )
 from semrec.ranking.candidates import CandidateSets
 from semrec.tasks import TASKS, TaskContext, TaskDataError
@@ -198,6 +199,9 @@ def test_predicted_ratings_are_the_expected_rating_over_the_scale():
         math.sqrt(np.mean([(expected - t) ** 2 for t in truth]))
     )
     assert "user_mean/test/rating_mae" in metrics and "global_mean/test/rating_rmse" in metrics
+    line = rating_report(metrics)
+    assert line.startswith("[eval] rating prediction on 3 test items, MAE / RMSE: ")
+    assert f"{metrics['test/rating_mae']:.4f} / {metrics['test/rating_rmse']:.4f}" in line
 
 
 def test_error_metrics_and_baselines():

@@ -96,3 +96,16 @@ def evaluate_rating_task(
     for name, values in baseline_ratings(users, train_ratings).items():
         metrics.update({f"{name}/test/{k}": v for k, v in error_metrics(values, truth).items()})
     return metrics
+
+
+def rating_report(metrics: dict[str, float]) -> str:
+    """The line a run prints for :func:`evaluate_rating_task`'s metrics."""
+
+    def pair(prefix: str) -> str:
+        return f"{metrics[prefix + 'rating_mae']:.4f} / {metrics[prefix + 'rating_rmse']:.4f}"
+
+    return (
+        f"[eval] rating prediction on {metrics['test/rated']:.0f} test items, MAE / RMSE: "
+        f"{pair('test/')} (user mean {pair('user_mean/test/')}, global mean "
+        f"{pair('global_mean/test/')})"
+    )

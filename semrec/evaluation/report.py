@@ -14,7 +14,13 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
     rows = [("semrec (test)", "test/")]
     if any(key.startswith("test_beam/") for key in metrics):  # exact ranking: beam row too
         rows.append(("semrec, beam search (test)", "test_beam/"))
-    baselines = sorted({key.split("/")[0] for key in metrics if key.count("/") == 2})
+    baselines = sorted(
+        {
+            key.split("/")[0]
+            for key in metrics
+            if key.count("/") == 2 and key.split("/", 2)[2] in columns
+        }
+    )
     rows += [(f"{name} (test)", f"{name}/test/") for name in baselines]
     if any(key.startswith("test_subset/") for key in metrics):  # candidate ranking
         rows += [
@@ -39,6 +45,20 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
             f"{int(understanding.get('items', 0))} items): "
             + ", ".join(
                 f"{name} {value:.4f}" for name, value in understanding.items() if name != "items"
+            )
+        )
+    if "test/rating_mae" in metrics:
+        lines.append(
+            "\nRating prediction (MAE / RMSE): "
+            + ", ".join(
+                f"{label} {metrics[prefix + 'rating_mae']:.4f} / "
+                f"{metrics[prefix + 'rating_rmse']:.4f}"
+                for label, prefix in (
+                    ("semrec", "test/"),
+                    ("user mean", "user_mean/test/"),
+                    ("global mean", "global_mean/test/"),
+                )
+                if prefix + "rating_mae" in metrics
             )
         )
     for note in notes or []:

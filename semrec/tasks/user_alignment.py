@@ -15,6 +15,7 @@ candidate-ranking task; ``preference_source`` where preferences come from
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 from typing import Any
 
 from semrec.data.split import Example
@@ -71,15 +72,13 @@ class UserAlignmentTask(Task):
     def notes(self) -> list[str]:
         return preference_notes(self.name, self.preference_source) if self.uses_preference else []
 
-    def history_text(self, ctx: TaskContext, items: list[int], ratings: list[float] | None = None):
-        labels = [item_label(ctx, item, self.items_as) for item in items]
-        if ratings is not None:
-            labels = [f"{label} (Rating: {rating:.1f})" for label, rating in zip(labels, ratings)]
-        return numbered(labels)
+    def history_text(self, ctx: TaskContext, items: list[int]) -> str:
+        """``items`` numbered ``(1) ... (n)``, as titles or SIDs (``items_as``)."""
+        return numbered([item_label(ctx, item, self.items_as) for item in items])
 
-    def pair(self, ctx: TaskContext, user: int, preference: str, template: str):
-        """(prompt, response) of ``user``, or ``None`` when the user can't give one."""
-        raise NotImplementedError
+    @abstractmethod
+    def pair(self, ctx: TaskContext, user: int, preference: str, template: str) -> tuple[str, str]:
+        """The (prompt, response) of ``user`` with ``template``."""
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         self.check(ctx)
@@ -98,9 +97,8 @@ class UserAlignmentTask(Task):
         samples = []
         for user in self.epoch_subset(users, rng):
             template = self.templates[rng.randrange(len(self.templates))]
-            made = self.pair(ctx, user, preferences[user], template)
-            if made is not None:
-                samples.append(Sample(self.name, made[0], made[1], user=user))
+            prompt, response = self.pair(ctx, user, preferences[user], template)
+            samples.append(Sample(self.name, prompt, response, user=user))
         return samples
 
 
@@ -115,7 +113,7 @@ class IndexToPreferenceTask(UserAlignmentTask):
         "User index: {user}. Summarise this user's tastes.",
     )
 
-    def pair(self, ctx: TaskContext, user: int, preference: str, template: str):
+    def pair(self, ctx: TaskContext, user: int, preference: str, template: str) -> tuple[str, str]:
         return template.format(user=self.user_index.text(ctx, user)), preference
 
 
@@ -130,7 +128,7 @@ class PreferenceToIndexTask(UserAlignmentTask):
         "Preference: {preference}\nWhat is this user's index?",
     )
 
-    def pair(self, ctx: TaskContext, user: int, preference: str, template: str):
+    def pair(self, ctx: TaskContext, user: int, preference: str, template: str) -> tuple[str, str]:
         return template.format(preference=preference), self.user_index.text(ctx, user)
 
 
@@ -148,7 +146,7 @@ class HistoryToIndexTask(UserAlignmentTask):
         "User history: {history}\nWhat is this user's index?",
     )
 
-    def pair(self, ctx: TaskContext, user: int, preference: str, template: str):
+    def pair(self, ctx: TaskContext, user: int, preference: str, template: str) -> tuple[str, str]:
         history = ctx.split.train_sequences[user][-self.max_history :].tolist()
         return template.format(history=self.history_text(ctx, history)), self.user_index.text(
             ctx, user
@@ -176,19 +174,20 @@ class RatingPredictionTask(UserAlignmentTask):
 
     def rated_prompt(
         self, ctx: TaskContext, user: int, items: list[int], preference: str, template: str
-    ):
+    ) -> str:
         """The prompt rating ``items[-1]`` after ``items[:-1]`` (shown with their ratings)."""
         rating_of = ctx.dataset.ratings_by_pair
         shown = items[-self.max_history :]
-        ratings = [rating_of[(user, item)] for item in shown[:-1]]
-        history = self.history_text(ctx, shown[:-1], ratings)
-        last = item_label(ctx, shown[-1], self.items_as)
-        history = f"{history} ({len(shown)}) {last}" if history else f"(1) {last}"
+        labels = [
+            f"{item_label(ctx, item, self.items_as)} (Rating: {rating_of[(user, item)]:.1f})"
+            for item in shown[:-1]
+        ]
+        labels.append(item_label(ctx, shown[-1], self.items_as))
         return template.format(
-            user=self.user_index.text(ctx, user), preference=preference, history=history
+            user=self.user_index.text(ctx, user), preference=preference, history=numbered(labels)
         )
 
-    def pair(self, ctx: TaskContext, user: int, preference: str, template: str):
+    def pair(self, ctx: TaskContext, user: int, preference: str, template: str) -> tuple[str, str]:
         items = ctx.split.train_sequences[user].tolist()
         rating = ctx.dataset.ratings_by_pair[(user, items[-1])]
         return self.rated_prompt(ctx, user, items, preference, template), f"{rating:.1f}"
