@@ -50,6 +50,12 @@ def report_skipped(task: str, skipped: int, total: int, reason: str) -> None:
 ITEM_FORMATS = ("title", "sid")
 
 
+def check_items_as(task: str, items_as: str) -> None:
+    """Raise ``ValueError`` unless ``items_as`` is one of :data:`ITEM_FORMATS`."""
+    if items_as not in ITEM_FORMATS:
+        raise ValueError(f"task {task!r}: items_as must be one of {ITEM_FORMATS}, got {items_as!r}")
+
+
 def item_label(ctx: TaskContext, item: int, items_as: str = "title") -> str:
     """The item as a prompt lists it: its title (its SID when untitled), or its SID."""
     if items_as == "sid":

@@ -23,7 +23,7 @@ from typing import Any
 from semrec.data.split import Example
 from semrec.ranking.verbalizer import candidate_letters
 from semrec.tasks.base import TASKS, RecommendationTask, Sample, TaskContext, TaskDataError
-from semrec.tasks.item_fields import ITEM_FORMATS, item_label, numbered
+from semrec.tasks.item_fields import check_items_as, item_label, numbered
 from semrec.tasks.preferences import (
     check_preference_source,
     preference_notes,
@@ -66,10 +66,7 @@ class CandidateRankingTask(RecommendationTask):
                 f"got {candidate_order!r}"
             )
         self.candidate_order = candidate_order
-        if items_as not in ITEM_FORMATS:
-            raise ValueError(
-                f"task {self.name!r}: items_as must be one of {ITEM_FORMATS}, got {items_as!r}"
-            )
+        check_items_as(self.name, items_as)
         self.user_index = UserIndex(user_index, self.name)
         self.items_as = items_as
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from semrec.data.split import Example
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext, TaskDataError
-from semrec.tasks.item_fields import ITEM_FORMATS, item_label, numbered, report_skipped
+from semrec.tasks.item_fields import check_items_as, item_label, numbered, report_skipped
 from semrec.tasks.preferences import (
     check_preference_source,
     preference_notes,
@@ -46,10 +46,7 @@ class UserAlignmentTask(Task):
     ) -> None:
         super().__init__(**common)
         check_preference_source(self.name, preference_source)
-        if items_as not in ITEM_FORMATS:
-            raise ValueError(
-                f"task {self.name!r}: items_as must be one of {ITEM_FORMATS}, got {items_as!r}"
-            )
+        check_items_as(self.name, items_as)
         if max_history < 1:
             raise ValueError(f"task {self.name!r}: max_history must be >= 1, got {max_history}")
         if user_index == "none":
