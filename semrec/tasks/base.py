@@ -74,6 +74,12 @@ class TaskContext:
 DEFAULT_USER_TEMPLATE = "The user is {user}. {prompt}"
 
 
+def check_choice(task: str, key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``task`` and ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"task {task!r}: {key} must be one of {tuple(choices)}, got {value!r}")
+
+
 class Task(ABC):
     """Base class of instruction tasks; subclasses register with ``@TASKS.register(name)``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from semrec.data.dataset import RecDataset
-from semrec.tasks.base import TaskContext, TaskDataError
+from semrec.tasks.base import TaskContext, TaskDataError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ ITEM_FORMATS = ("title", "sid")
 
 def check_items_as(task: str, items_as: str) -> None:
     """Raise ``ValueError`` unless ``items_as`` is one of :data:`ITEM_FORMATS`."""
-    if items_as not in ITEM_FORMATS:
-        raise ValueError(f"task {task!r}: items_as must be one of {ITEM_FORMATS}, got {items_as!r}")
+    check_choice(task, "items_as", items_as, ITEM_FORMATS)
 
 
 def item_label(ctx: TaskContext, item: int, items_as: str = "title") -> str:

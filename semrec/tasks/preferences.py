@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from semrec.data.dataset import RecDataset
-from semrec.tasks.base import TaskContext, TaskDataError
+from semrec.tasks.base import TaskContext, TaskDataError, check_choice
 from semrec.tasks.intention import annotation_table, unmatched_annotations_error
 from semrec.tasks.item_fields import field_text
 
@@ -33,10 +33,8 @@ PROFILE_FIELDS = ("age", "gender", "occupation")
 
 
 def check_preference_source(task: str, source: str) -> None:
-    if source not in PREFERENCE_SOURCES:
-        raise ValueError(
-            f"task {task!r}: preference_source must be one of {PREFERENCE_SOURCES}, got {source!r}"
-        )
+    """Raise ``ValueError`` unless ``source`` is one of :data:`PREFERENCE_SOURCES`."""
+    check_choice(task, "preference_source", source, PREFERENCE_SOURCES)
 
 
 def preference_notes(task: str, source: str) -> list[str]:
@@ -70,9 +68,9 @@ def derived_preference(
     liked = [i for i, r in rated if r is None or r >= LIKED]
     disliked = [i for i, r in rated if r is not None and r <= DISLIKED]
     parts = []
-    if categories := _categories(ds, liked):
-        parts.append("Likes " + ", ".join(categories) + ".")
-    liked_categories = set(_categories(ds, liked))
+    liked_categories = _categories(ds, liked)
+    if liked_categories:
+        parts.append("Likes " + ", ".join(liked_categories) + ".")
     if categories := [c for c in _categories(ds, disliked) if c not in liked_categories]:
         parts.append("Dislikes " + ", ".join(categories) + ".")
     best = max((r for _, r in rated if r is not None), default=None)

@@ -22,9 +22,17 @@ from typing import Any
 
 from semrec.data.split import Example
 from semrec.ranking.verbalizer import candidate_letters
-from semrec.tasks.base import TASKS, RecommendationTask, Sample, TaskContext, TaskDataError
+from semrec.tasks.base import (
+    TASKS,
+    RecommendationTask,
+    Sample,
+    TaskContext,
+    TaskDataError,
+    check_choice,
+)
 from semrec.tasks.item_fields import check_items_as, item_label, numbered
 from semrec.tasks.preferences import (
+    PreferenceSource,
     check_preference_source,
     preference_notes,
     user_preferences,
@@ -60,11 +68,7 @@ class CandidateRankingTask(RecommendationTask):
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        if candidate_order not in CANDIDATE_ORDERS:
-            raise ValueError(
-                f"task {self.name!r}: candidate_order must be one of {CANDIDATE_ORDERS}, "
-                f"got {candidate_order!r}"
-            )
+        check_choice(self.name, "candidate_order", candidate_order, CANDIDATE_ORDERS)
         self.candidate_order = candidate_order
         check_items_as(self.name, items_as)
         self.user_index = UserIndex(user_index, self.name)
@@ -155,7 +159,11 @@ class IntentToCandidateTask(CandidateRankingTask):
     )
 
     def __init__(
-        self, *, preference_source: str = "annotations", user_index: str = "none", **common: Any
+        self,
+        *,
+        preference_source: PreferenceSource = "annotations",
+        user_index: str = "none",
+        **common: Any,
     ) -> None:
         super().__init__(user_index=user_index, **common)
         check_preference_source(self.name, preference_source)

@@ -22,6 +22,7 @@ from semrec.data.split import Example
 from semrec.tasks.base import TASKS, Sample, Task, TaskContext, TaskDataError
 from semrec.tasks.item_fields import check_items_as, item_label, numbered, report_skipped
 from semrec.tasks.preferences import (
+    PreferenceSource,
     check_preference_source,
     preference_notes,
     user_preferences,
@@ -39,7 +40,7 @@ class UserAlignmentTask(Task):
         self,
         *,
         user_index: str = "sid",
-        preference_source: str = "annotations",
+        preference_source: PreferenceSource = "annotations",
         items_as: str = "title",
         max_history: int = 20,
         **common: Any,

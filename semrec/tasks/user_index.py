@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from semrec.tasks.base import TaskContext, TaskDataError
+from semrec.tasks.base import TaskContext, TaskDataError, check_choice
 
 USER_INDEXES = ("sid", "original", "number", "none")
 
@@ -22,10 +22,7 @@ class UserIndex:
     task: str = "task"
 
     def __post_init__(self) -> None:
-        if self.kind not in USER_INDEXES:
-            raise ValueError(
-                f"task {self.task!r}: user_index must be one of {USER_INDEXES}, got {self.kind!r}"
-            )
+        check_choice(self.task, "user_index", self.kind, USER_INDEXES)
 
     def check(self, ctx: TaskContext) -> None:
         """Raise :class:`TaskDataError` when the index needs user SIDs the run lacks."""
