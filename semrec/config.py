@@ -166,6 +166,36 @@ class ModelConfig(_Section):
     tiny_hidden_size: int = Field(64, ge=8)
 
 
+class JointConfig(_Section):
+    """How a dynamic tokenizer (``ttds``) trains with the LLM (TTDS section 4.2, Eq. 15).
+
+    The tokenizer is initialised on its inputs after the LLM is built and warmed up for
+    ``warmup_steps`` with the LLM frozen (paper lr 1e-3). Then, with ``enabled``, the loss is
+    ``L_LLM + alpha * L_DM`` (tokenizer lr ``lr``, paper 5e-4) over the rows each batch
+    mentions, the codes are re-derived every ``refresh_every_n_steps``, the inputs
+    recomputed by the current backbone every ``recompute_inputs_every_n_steps``, and after
+    ``freeze_after_step`` the tokenizer is frozen. ``enabled: false`` keeps the warm-up's
+    SIDs (TTSS); ``dm_vae: false`` drops the DM-VAE loss (TTDS-DM: the warm-up trains
+    only the codebook term, and codes change only through recomputed inputs).
+    ``inputs: backbone`` reads the texts with the run's LLM (Eq. 6); ``embedder`` uses the
+    item embedder's vectors (for a scratch backbone, which reads no text).
+    """
+
+    enabled: bool = True
+    dm_vae: bool = True
+    alpha: float = Field(0.1, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    warmup_lr: float = Field(1e-3, gt=0)
+    warmup_batch_size: int = Field(64, ge=1)
+    refresh_every_n_steps: int | None = Field(50, ge=1)
+    recompute_inputs_every_n_steps: int | None = Field(None, ge=1)
+    freeze_after_step: int | None = Field(None, ge=0)
+    rows_per_step: int = Field(32, ge=1)
+    inputs: Literal["backbone", "embedder"] = "backbone"
+    max_text_tokens: int = Field(128, ge=4)
+
+
 class TrainConfig(_Section):
     epochs: int = Field(1, ge=0)
     max_steps: int = Field(-1, ge=-1)
@@ -190,6 +220,7 @@ class TrainConfig(_Section):
     # `semrec fit --resume`, under run_dir/checkpoints/: every this many optimizer steps and
     # at each validation (null: only at validations)
     checkpoint_every_n_steps: int | None = Field(200, ge=1)
+    joint: JointConfig = JointConfig()
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -38,6 +38,7 @@ from semrec.artifacts import atomic_dir, atomic_write, content_hash, read_json, 
 from semrec.config import (
     ITEM_TOKENIZER_KEYS,
     MODEL_KEYS,
+    TOKENIZER_KEYS,
     TRAINING_KEYS,
     USER_TOKENIZER_KEYS,
     ExperimentConfig,
@@ -45,10 +46,11 @@ from semrec.config import (
 )
 from semrec.config import config_section as section
 from semrec.data.datamodule import GenRecDataModule
+from semrec.data.sid_placeholders import SIDPlaceholders
 from semrec.data.split import fingerprint_examples
 from semrec.decoding import SIDTrie
 from semrec.evaluation.report import format_tokenizer_stats, metrics_table, report_notes
-from semrec.factories import decoding, training
+from semrec.factories import decoding, joint, training
 from semrec.factories.candidates import run_candidates, verbalizer
 from semrec.factories.data import PreparedData, prepare_data
 from semrec.factories.item_vectors import ItemVectors
@@ -59,6 +61,7 @@ from semrec.known_warnings import hide_known_warnings
 from semrec.run_directory import CHECKPOINTS, RUN_FORMAT, RunDirectory, RunError
 from semrec.tasks import TaskContext
 from semrec.tokenizers import ItemTokenizer, load_tokenizer
+from semrec.tokenizers.dynamic import DynamicTokenizer
 
 __all__ = ["CHECKPOINTS", "RUN_FORMAT", "PreparedData", "Run", "RunError"]
 
@@ -174,8 +177,14 @@ class Run:
 
     @cached_property
     def tokenizer(self) -> ItemTokenizer:
-        """The items' tokenizer (``items.tokenizer``), fitted on the item vectors."""
+        """The items' tokenizer (``items.tokenizer``), fitted on the item vectors.
+
+        A dynamic one is returned as saved after its warm-up, or not yet initialised (it
+        is, in :meth:`train`, once the LLM exists).
+        """
         cfg = self.config.items.tokenizer
+        if joint.is_dynamic(cfg):
+            return self._dynamic_stage("tokenizer", new_tokenizer(cfg, self.data.dataset))
 
         def fit() -> ItemTokenizer:
             tokenizer = new_tokenizer(cfg, self.data.dataset)
@@ -205,6 +214,15 @@ class Run:
         cfg = self.config.users.tokenizer
         if cfg is None:
             return None
+        if joint.is_dynamic(cfg):
+            if not joint.is_dynamic(self.config.items.tokenizer):
+                raise RunError(
+                    f"users.tokenizer {cfg.name!r} trains with the LLM, which needs a dynamic "
+                    "items.tokenizer too (e.g. both 'ttds')"
+                )
+            tokenizer = self._dynamic_stage("user_tokenizer", new_user_tokenizer(cfg))
+            self._check_user_tokens(tokenizer)
+            return tokenizer
 
         def fit() -> ItemTokenizer:
             tokenizer = new_user_tokenizer(cfg)
@@ -222,17 +240,92 @@ class Run:
                 f"user tokenizer in {self.run_dir / 'user_tokenizer'} has {tokenizer.n_items} "
                 f"users but the dataset has {self.data.dataset.num_users}"
             )
+        self._check_user_tokens(tokenizer)
+        return tokenizer
+
+    def _check_user_tokens(self, tokenizer: ItemTokenizer) -> None:
         shared = sorted(set(tokenizer.token_strings()) & set(self.tokenizer.token_strings()))
         if shared:
             raise RunError(
                 f"user and item SIDs share the tokens {shared[:5]}; give the users other "
                 "level prefixes (users.tokenizer.params.level_prefixes)"
             )
+
+    # ------------------------------------------------------------------ dynamic tokenizers
+
+    def dynamic_fingerprint(self, stage: str) -> str:
+        """Hash of what determines a dynamic tokenizer's warm-up: tokenizers, LLM, schedule."""
+        keys = section(self._stage_config, (*TOKENIZER_KEYS, "model", "train.joint"))
+        return content_hash(stage, keys, fingerprint_examples(self.data.split.train))
+
+    def _dynamic_stage(self, stage: str, tokenizer: DynamicTokenizer) -> DynamicTokenizer:
+        directory = self.run_dir / stage
+        if self.directory.stage_done(stage, self.dynamic_fingerprint(stage)) and directory.exists():
+            tokenizer.load_state_from(directory)
+            self.echo(f"[tokenize] reused {directory} (the SIDs after the warm-up)")
         return tokenizer
 
+    @cached_property
+    def dynamic_tokenizers(self) -> dict[str, DynamicTokenizer]:
+        """The tokenizers trained with the LLM, by role (``items``, ``users``)."""
+        roles = {"items": self.tokenizer, "users": self.user_tokenizer}
+        return {name: tok for name, tok in roles.items() if isinstance(tok, DynamicTokenizer)}
+
+    def _joint_texts(self) -> dict[str, list[str]]:
+        data = self.data
+        texts = {"items": list(data.item_texts)}
+        if "users" in self.dynamic_tokenizers:
+            texts["users"] = joint.user_texts(data.dataset, data.split, data.item_texts)
+        return texts
+
+    def _dynamic_inputs(self, name: str, model, hf_tokenizer) -> torch.Tensor:
+        """A dynamic tokenizer's inputs: the backbone's text representations, or the embedder's."""
+        if self.config.train.joint.inputs == "backbone":
+            return joint.representer(self.config, hf_tokenizer)(model, self._joint_texts()[name])
+        if name == "items":
+            return self.vectors.item_embeddings()
+        return user_embeddings(self.config, self.data, self.vectors.text_embeddings, self.echo)
+
+    def prepare_joint(self, model, hf_tokenizer):
+        """Initialise and warm up the dynamic tokenizers (or reuse them); the joint trainer."""
+        tokenizers = self.dynamic_tokenizers
+        if not tokenizers:
+            return None
+        if self.config.model.prompt_format == "compact":
+            raise RunError(
+                "a dynamic tokenizer needs model.prompt_format: text (the compact format "
+                "bakes the SIDs into its windows)"
+            )
+        for name, tokenizer in tokenizers.items():
+            if tokenizer.is_initialized:
+                continue
+            stage = "tokenizer" if name == "items" else "user_tokenizer"
+            if self.read_only:
+                raise RunError(f"{self.run_dir / stage} was never fitted; run `semrec fit` first")
+            start = time.perf_counter()
+            inputs = self._dynamic_inputs(name, model, hf_tokenizer)
+            joint.initialize(tokenizer, inputs, model, hf_tokenizer, self.config, self.echo, name)
+            self._timed(f"warm_up_{name}", start)
+            tokenizer.save(self.run_dir / stage)
+            write_json(self.run_dir / stage / "stats.json", tokenizer.stats())
+            self.write_config()
+            self.directory.mark_stage(stage, self.dynamic_fingerprint(stage))
+        recompute = self.config.train.joint.recompute_inputs_every_n_steps
+        texts = (
+            self._joint_texts()
+            if recompute and self.config.train.joint.inputs == "backbone"
+            else None
+        )
+        return joint.joint_training(self.config, tokenizers, hf_tokenizer, texts)
+
     def tokenizer_report(self) -> str:
+        if not self.tokenizer.is_fitted:
+            return (
+                f"[tokenize] {self.config.items.tokenizer.name}: trained with the LLM; "
+                "initialised once the LLM is built"
+            )
         report = format_tokenizer_stats(self.tokenizer.stats())
-        if self.user_tokenizer is not None:
+        if self.user_tokenizer is not None and self.user_tokenizer.is_fitted:
             report += "\n" + format_tokenizer_stats(self.user_tokenizer.stats(), entity="users")
         return report
 
@@ -331,26 +424,53 @@ class Run:
     def task_context(self) -> TaskContext:
         """What the tasks read: data, SID tables of items and users, annotations, candidates."""
         data, tokenizer, users = self.data, self.tokenizer, self.user_tokenizer
+        placeholders = self.placeholders
+        if placeholders is not None:
+            sids, user_sids = placeholders.item_sids(), placeholders.user_sids()
+        else:
+            sids = tokenizer.sid_strings()
+            user_sids = None if users is None else users.sid_strings()
         return TaskContext(
             data.dataset,
             data.split,
-            tokenizer.sid_strings(),
+            sids,
             data.item_texts,
             annotations=self.annotations,
             level_tokens=tokenizer.level_token_strings(),
             token_semantics=self.token_semantics,
-            user_sids=None if users is None else users.sid_strings(),
+            user_sids=user_sids,
             candidates=self.candidates,
         )
+
+    @cached_property
+    def placeholders(self) -> SIDPlaceholders | None:
+        """With dynamic tokenizers, tasks name items and users by placeholder (resolved when
+        batched); None otherwise."""
+        if not self.dynamic_tokenizers:
+            return None
+        return SIDPlaceholders(self.tokenizer, self.user_tokenizer)
+
+    def formatter(self, hf_tokenizer):
+        """The prompt formatter, resolving SID placeholders in a dynamic run."""
+        formatter = prompt_formatter(self.config.model, hf_tokenizer)
+        if self.placeholders is None:
+            return formatter
+        from semrec.data.sid_placeholders import ResolvingEncoder
+
+        return ResolvingEncoder(formatter, self.placeholders)
 
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
         split = self.data.split
         if self.config.model.prompt_format == "compact":
             source = training.compact_sequences(self.config, split, self.tokenizer, hf_tokenizer)
         else:
-            formatter = prompt_formatter(self.config.model, hf_tokenizer)
             source = training.task_pairs(
-                self.config, self.task_context, self.tasks, formatter, self.echo
+                self.config,
+                self.task_context,
+                self.tasks,
+                prompt_formatter(self.config.model, hf_tokenizer),
+                self.echo,
+                placeholders=self.placeholders,
             )
         return training.build_datamodule(self.config, split, source)
 
@@ -394,10 +514,20 @@ class Run:
         With ``allow_training=False`` (``semrec test``) a missing or stale adapter is an error.
         ``resume_from`` (a full checkpoint, see :meth:`fit`) continues an interrupted training.
         """
-        from semrec.models.checkpoint import BestAdapterCheckpoint, load_trained_weights
+        from semrec.models.checkpoint import (
+            BestAdapterCheckpoint,
+            load_trained_tokenizers,
+            load_trained_weights,
+        )
 
         cfg = self.config
         model, hf_tokenizer, _ = self.build_model()
+        joint_trainer = self.prepare_joint(model, hf_tokenizer)
+        adapter_dir = self.run_dir / "adapter"
+        fingerprint = self.train_fingerprint()
+        reuse = self.directory.stage_done("train", fingerprint) and adapter_dir.exists()
+        if reuse:
+            load_trained_tokenizers(self.dynamic_tokenizers, adapter_dir)
         datamodule = self.datamodule(hf_tokenizer)
         exact = decoding.exact_ranker(cfg.eval, self.data.dataset.num_items)
         module = training.build_module(
@@ -407,10 +537,10 @@ class Run:
             self.trie(hf_tokenizer),
             exact,
             self.candidate_ranker(hf_tokenizer),
+            joint=joint_trainer,
+            trie_builder=joint.trie_builder(self.tokenizer, hf_tokenizer),
         )
-        adapter_dir = self.run_dir / "adapter"
-        fingerprint = self.train_fingerprint()
-        if self.directory.stage_done("train", fingerprint) and adapter_dir.exists():
+        if reuse:
             self.directory.check_vocabulary(hf_tokenizer)
             load_trained_weights(model, adapter_dir)
             self.echo(f"[train] reused {adapter_dir}")
@@ -427,7 +557,7 @@ class Run:
         with atomic_dir(self.run_dir / "hf_tokenizer") as tmp:
             hf_tokenizer.save_pretrained(tmp)
         if cfg.train.epochs == 0 or cfg.train.max_steps == 0:
-            BestAdapterCheckpoint(adapter_dir, monitor=None).save(model)
+            BestAdapterCheckpoint(adapter_dir, None, self.dynamic_tokenizers).save(model)
             self.directory.mark_stage("train", fingerprint)
             self.echo("[train] skipped (train.epochs: 0): evaluating the untrained model")
             return module, datamodule, hf_tokenizer
@@ -442,7 +572,9 @@ class Run:
         )
         if resume_from is not None:
             self.echo(f"[train] resuming from {resume_from}")
-        best = BestAdapterCheckpoint(adapter_dir, monitor=training.monitored_metric(cfg))
+        best = BestAdapterCheckpoint(
+            adapter_dir, training.monitored_metric(cfg), self.dynamic_tokenizers
+        )
         callbacks = training.fit_callbacks(cfg, best, checkpoints, self.echo, self.callbacks)
         trainer = training.fit_trainer(cfg, self.run_dir, callbacks)
         start = time.perf_counter()
@@ -456,6 +588,7 @@ class Run:
         if not best.saved:
             best.save(model)  # no validation ran: keep the final weights
         load_trained_weights(model, adapter_dir)
+        load_trained_tokenizers(self.dynamic_tokenizers, adapter_dir)
         if best.best_metrics is not None:
             write_json(self.run_dir / "valid_metrics.json", best.best_metrics)
         self.directory.mark_stage("train", fingerprint)
@@ -507,7 +640,7 @@ class Run:
         start = time.perf_counter()
         metrics = evaluate_rating_task(
             model,
-            prompt_formatter(self.config.model, hf_tokenizer),
+            self.formatter(hf_tokenizer),
             task,
             self.task_context,
             datamodule.test_examples,

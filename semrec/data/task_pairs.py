@@ -3,6 +3,11 @@
 Each epoch draws a fresh mixture of the configured tasks (new template per example, LC-Rec
 section III-D), renders it through the :class:`~semrec.data.batching.PromptEncoder` passed in
 (the model's prompt formatter) and tokenizes it once; valid/test prompts come from the evaluation task's template 0.
+
+With ``placeholders`` (a run whose tokenizer trains with the LLM) the texts name items and
+users by placeholder, and each batch is tokenized when it is collated, with the SIDs of
+that moment; training batches then also carry ``sid_items`` / ``sid_users``, the rows they
+mention.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import random
 import torch
 
 from semrec.data.batching import PromptEncoder
+from semrec.data.datamodule import padded
+from semrec.data.sid_placeholders import ResolvingEncoder, SIDPlaceholders
 from semrec.data.split import Example
 from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
 
@@ -33,11 +40,15 @@ class TaskPairs:
         *,
         max_train_samples: int | None = None,
         seed: int = 0,
+        placeholders: SIDPlaceholders | None = None,
     ) -> None:
         self.ctx = ctx
         self.tasks = tasks
         self.eval_task = eval_task
-        self.formatter = formatter
+        self.placeholders = placeholders
+        self.formatter = (
+            formatter if placeholders is None else ResolvingEncoder(formatter, placeholders)
+        )
         self.max_train_samples = max_train_samples
         self.seed = seed
         self._epoch: tuple[int, list[Sample], list[EncodedPair]] | None = None
@@ -51,6 +62,9 @@ class TaskPairs:
             if self.max_train_samples is not None:
                 samples = samples[: self.max_train_samples]
             encoded = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
+            if self.placeholders is not None:
+                # tokenized again when batched; the lengths here only bucket the batches
+                encoded = [(s, len(ids)) for s, (ids, _) in zip(samples, encoded)]
             self._epoch = (epoch, samples, encoded)
         return self._epoch[1], self._epoch[2]
 
@@ -58,27 +72,41 @@ class TaskPairs:
         """The (text) training pairs of one epoch, deterministic in (seed, epoch)."""
         return self._build(epoch)[0]
 
-    def epoch_items(self, epoch: int) -> list[EncodedPair]:
-        """The epoch's pairs as (input_ids, labels), tokenized once per epoch."""
+    def epoch_items(self, epoch: int) -> list:
+        """The epoch's pairs as (input_ids, labels), tokenized once per epoch; with
+        placeholders, as (sample, token count) pairs tokenized when batched."""
         return self._build(epoch)[1]
 
-    def length(self, item: EncodedPair) -> int:
-        return len(item[0])
+    def length(self, item) -> int:
+        return item[1] if self.placeholders is not None else len(item[0])
 
     def examples_per_epoch(self, epoch: int) -> int:
         return len(self.epoch_items(epoch))
 
-    def collate(self, items: list[EncodedPair]) -> dict[str, torch.Tensor]:
+    def collate(self, items: list) -> dict[str, torch.Tensor]:
+        mentioned = None
+        if self.placeholders is not None:
+            samples = [sample for sample, _ in items]
+            mentioned = self.placeholders.mentioned([s.prompt + s.response for s in samples])
+            items = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
         batch = self.formatter.collate_pairs(items)
+        if mentioned is not None:
+            for name, rows in mentioned.items():
+                batch[f"sid_{name}"] = padded([rows])[0]
         batch["examples"] = torch.tensor(len(items))
         batch["tokens"] = batch["attention_mask"].sum()
         return batch
 
-    def eval_prompts(self, examples: list[Example]) -> list[list[int]]:
+    def eval_prompts(self, examples: list[Example]) -> list:
+        """Prompt token ids; with placeholders, prompt texts tokenized when batched."""
         samples = self.eval_task.eval_samples(self.ctx, examples)
+        if self.placeholders is not None:
+            return [s.prompt for s in samples]
         return [self.formatter.prompt_ids(s.prompt) for s in samples]
 
-    def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    def collate_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
+        if prompts and isinstance(prompts[0], str):
+            prompts = [self.formatter.prompt_ids(prompt) for prompt in prompts]
         return self.formatter.collate_prompts(prompts)
 
     def eval_candidates(self, examples: list[Example]) -> list[list[int]] | None:

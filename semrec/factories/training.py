@@ -48,6 +48,7 @@ def task_pairs(
     tasks: list[tuple[Task, float]],
     formatter: PromptEncoder,
     echo: Callable[[str], None] = print,
+    placeholders=None,
 ) -> TaskPairs:
     """The text formats' instruction pairs; valid/test prompts come from ``eval.task``."""
     for task, _ in tasks:
@@ -69,6 +70,7 @@ def task_pairs(
         formatter,
         max_train_samples=config.train.max_train_samples,
         seed=config.seed,
+        placeholders=placeholders,
     )
 
 
@@ -96,6 +98,9 @@ def build_module(
     trie: SIDTrie,
     exact_ranker=None,
     candidate_ranker=None,
+    *,
+    joint=None,
+    trie_builder=None,
 ):
     from semrec.models.module import GenRecModule
 
@@ -109,6 +114,8 @@ def build_module(
         warmup_ratio=config.train.warmup_ratio,
         exact_ranker=exact_ranker,
         candidate_ranker=candidate_ranker,
+        joint=joint,
+        trie_builder=trie_builder if joint is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,35 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_trained_weights(model: nn.Module, directory: Path, metrics: dict | None = None) -> None:
-    """Atomically write the trainable parameters (and the metrics they scored) to ``directory``."""
+def save_trained_weights(
+    model: nn.Module,
+    directory: Path,
+    metrics: dict | None = None,
+    tokenizers: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically write the trainable parameters (and the metrics they scored) to ``directory``.
+
+    ``tokenizers`` (name -> tokenizer trained with the LLM) are saved with them, each to
+    ``directory/<name>``: their codes belong to these weights.
+    """
     state = trainable_state(model)
     with atomic_dir(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE))
         write_json(tmp / "info.json", {"parameters": len(state), "metrics": metrics or {}})
+        for name, tokenizer in (tokenizers or {}).items():
+            tokenizer.save(tmp / name)
+            write_json(tmp / name / "stats.json", tokenizer.stats())
+
+
+def load_trained_tokenizers(tokenizers: Mapping[str, Any], directory: Path) -> None:
+    """Restore the tokenizers :func:`save_trained_weights` saved with the weights."""
+    for name, tokenizer in tokenizers.items():
+        path = Path(directory) / name
+        if not path.is_dir():
+            raise CheckpointMismatchError(
+                f"{path} does not exist: the adapter was saved without its {name!r} tokenizer"
+            )
+        tokenizer.load_state_from(path)
 
 
 def load_trained_weights(model: nn.Module, directory: Path) -> None:
@@ -79,7 +103,8 @@ def load_trained_weights(model: nn.Module, directory: Path) -> None:
 
 
 class BestAdapterCheckpoint(L.Callback):
-    """Saves the trainable weights whenever ``monitor`` (e.g. ``val/ndcg@10``) improves.
+    """Saves the trainable weights whenever ``monitor`` (e.g. ``val/ndcg@10``) improves
+    (with ``tokenizers``: their state too, see :func:`save_trained_weights`).
 
     It acts in ``on_validation_end``, which Lightning calls after every
     ``on_validation_epoch_end`` (callbacks first, then the LightningModule, where the
@@ -88,15 +113,21 @@ class BestAdapterCheckpoint(L.Callback):
     run keeps comparing against the best validation before the crash.
     """
 
-    def __init__(self, directory: Path, monitor: str | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        monitor: str | None,
+        tokenizers: Mapping[str, Any] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.monitor = monitor
+        self.tokenizers = dict(tokenizers or {})
         self.best: float | None = None
         self.best_metrics: dict[str, float] | None = None
         self.saved = False
 
     def save(self, model: nn.Module, metrics: dict | None = None) -> None:
-        save_trained_weights(model, self.directory, metrics)
+        save_trained_weights(model, self.directory, metrics, self.tokenizers)
         self.saved = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

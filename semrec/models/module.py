@@ -36,6 +36,13 @@ class GenRecModule(L.LightningModule):
 
     Full Lightning checkpoints (for resuming) hold only the trainable parameters (the
     frozen base is rebuilt from the config) plus the torch/numpy/python RNG states.
+
+    With ``joint`` (:class:`~semrec.models.joint.JointTokenizerTraining`) the item (and
+    user) tokenizers train with the LLM: the loss gains ``alpha * L_DM``, their codes are
+    refreshed on its schedule, and ``trie_builder(codes)`` rebuilds the trie whenever the
+    items' code table differs from the one the trie was built from (checked before every
+    decoding, so a refresh, a resumed checkpoint or a loaded state can never leave a stale
+    trie). Checkpoints then also hold the tokenizers' whole state.
     """
 
     strict_loading = False  # checkpoints hold only the trainable parameters
@@ -52,8 +59,15 @@ class GenRecModule(L.LightningModule):
         warmup_ratio: float = 0.05,
         exact_ranker: Any | None = None,
         candidate_ranker: Any | None = None,
+        joint: Any | None = None,
+        trie_builder: Any | None = None,
     ) -> None:
         super().__init__()
+        if joint is not None and trie_builder is None:
+            raise ValueError("a jointly trained tokenizer needs a trie_builder")
+        self.joint = joint
+        self.trie_builder = trie_builder
+        self._trie_codes: torch.Tensor | None = None
         # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's
         # mode: without this, LoRA dropout never ran during training (decoding sets eval
         # mode itself and restores it)
@@ -80,23 +94,55 @@ class GenRecModule(L.LightningModule):
     def set_trie(self, trie: SIDTrie) -> None:
         self.trie = trie
 
+    def current_trie(self) -> SIDTrie:
+        """The trie of the items' current codes (rebuilt if a joint tokenizer changed them)."""
+        if self.joint is not None:
+            codes = self.joint.items.codes
+            if self._trie_codes is None or not torch.equal(codes, self._trie_codes):
+                self.trie = self.trie_builder(codes)
+                self._trie_codes = codes.clone()
+        return self.trie
+
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # the output layer runs only where a label is (see semrec.models.loss)
         loss = response_loss(self.model, batch)
         tokens = (batch["labels"] != IGNORE_INDEX).sum()
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if self.joint is not None:
+            parts = self.joint.loss(batch, self.model, self.global_step)
+            for name, value in parts.items():
+                if name != "total":
+                    self.log(f"joint/{name}", value, batch_size=size)
+            loss = loss + parts["total"]
         self.log(
             "train/response_tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True
         )
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.joint is None:
+            return
+        # global_step counts optimizer steps: refresh once per step, not per micro-batch
+        step = self.global_step
+        if step == getattr(self, "_joint_step", None):
+            return
+        self._joint_step = step
+        for name, value in self.joint.after_step(step, self.model).items():
+            self.log(f"joint/{name}", value, on_step=True, on_epoch=False)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: check model.lora settings")
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        groups = [{"params": params}]
+        if self.joint is not None and self.joint.trainable_parameters():
+            groups.append(
+                {"params": self.joint.trainable_parameters(), "lr": self.joint.schedule.lr}
+            )
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.warmup_ratio * total), total
@@ -109,7 +155,11 @@ class GenRecModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def _trainable_names(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if p.requires_grad}
+        """What a checkpoint keeps: trainable parameters, and all state of joint tokenizers."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        if self.joint is not None:
+            names |= {f"joint.{n}" for n in self.joint.state_dict()}
+        return names
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = self._trainable_names()
@@ -140,7 +190,12 @@ class GenRecModule(L.LightningModule):
     ):
         """Top-``top_k`` item ids and scores for left-padded prompts (beam search)."""
         return self.decoder.search(
-            self.model, self.trie, input_ids, attention_mask, top_k, exclude_items=exclude_items
+            self.model,
+            self.current_trie(),
+            input_ids,
+            attention_mask,
+            top_k,
+            exclude_items=exclude_items,
         )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metric: TopKRankingMetrics) -> None:
@@ -178,7 +233,7 @@ class GenRecModule(L.LightningModule):
         self._eval_step(batch, self.test_beam_metrics)
         result = self.exact_ranker.top_k(
             self.model,
-            self.trie,
+            self.current_trie(),
             batch["input_ids"],
             batch["attention_mask"],
             max(self.ks),

@@ -16,9 +16,8 @@ from semrec.tokenizers.base import (
 from semrec.tokenizers.behavior_codebook import BehaviorCodebookTokenizer
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
 from semrec.tokenizers.rqvae_usm import RandomIDTokenizer, RQVAEUSMTokenizer, VanillaIDTokenizer
+from semrec.tokenizers.ttds import TTDSTokenizer
 from semrec.tokenizers.ulmrec_user import ULMRecUserTokenizer
-
-TOKENIZERS.plan("ttds", "TTDS twin-tower dynamic tokenizer")
 
 __all__ = [
     "TOKENIZERS",
@@ -29,6 +28,7 @@ __all__ = [
     "RQKMeansTokenizer",
     "RQVAEUSMTokenizer",
     "RandomIDTokenizer",
+    "TTDSTokenizer",
     "ULMRecUserTokenizer",
     "VanillaIDTokenizer",
     "SIDConflictWarning",
