@@ -24,6 +24,14 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
         FutureWarning,
         "peft 0.21's PeftModel.__init__ reads this transformers 5 attribute itself",
     ),
+    (
+        r"You have overridden `on_before_batch_transfer` in `LightningModule` but have "
+        r"passed in a `LightningDataModule`",
+        UserWarning,
+        "lightning warns whenever the module defines the hook and a data module is given; "
+        "GenRecModule tokenizes pending batches there and GenRecDataModule defines none, so "
+        "the module's hook is the one meant",
+    ),
 )
 
 

@@ -539,6 +539,7 @@ class Run:
             self.candidate_ranker(hf_tokenizer),
             joint=joint_trainer,
             trie_builder=joint.trie_builder(self.tokenizer, hf_tokenizer),
+            batch_encoder=getattr(datamodule.training, "encode_pending", None),
         )
         if reuse:
             self.directory.check_vocabulary(hf_tokenizer)
@@ -621,6 +622,7 @@ class Run:
         if self.config.eval.token_understanding.enabled:
             metrics.update(self.token_understanding(module.model, trained_tokenizer))
         metrics.update(self.rating_prediction(module.model, trained_tokenizer, datamodule))
+        metrics.update(self.next_user_prediction(module.model, trained_tokenizer, datamodule))
         examples = {"test": datamodule.test_examples, "valid": datamodule.valid_examples}
         exclude = {part: datamodule.excluded_items(part) for part in examples}
         scores, seconds = run_baselines(
@@ -648,6 +650,29 @@ class Run:
         )
         self._timed("rating_prediction", start)
         self.echo(rating_report(metrics))
+        return metrics
+
+    def next_user_prediction(self, model, hf_tokenizer, datamodule) -> dict[str, float]:
+        """HR/NDCG of the ``next_user`` task over all users, when it is trained (TTDS)."""
+        from semrec.evaluation.next_user import evaluate_next_user
+        from semrec.tasks import NextUserTask
+
+        task = next((t for t, _ in self.tasks if isinstance(t, NextUserTask)), None)
+        if task is None:
+            return {}
+        start = time.perf_counter()
+        metrics = evaluate_next_user(
+            model,
+            self.formatter(hf_tokenizer),
+            self.user_trie(hf_tokenizer),
+            decoding.beam_search(self.config.eval),
+            task,
+            self.task_context,
+            datamodule.test_examples,
+            self.config.eval.ks,
+            batch_size=self.config.eval.batch_size,
+        )
+        self._timed("next_user", start)
         return metrics
 
     def token_understanding(self, model, hf_tokenizer) -> dict[str, float]:

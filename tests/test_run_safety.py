@@ -23,6 +23,8 @@ from semrec.models.checkpoint import WEIGHTS_FILE, BestAdapterCheckpoint
 from semrec.pipeline import Run
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+# the tiny setup with TTDS towers trained with the LLM (their codes must resume too)
+TTDS_TINY = TINY.with_name("ttds_tiny.yaml")
 SCORES = [0.2, 0.5, 0.3, 0.7, 0.6]  # the monitored value at validations 1..5
 
 
@@ -111,7 +113,8 @@ RESUME_OVERRIDES = [
     "train.checkpoint_every_n_steps=4",
     "model.lora={enabled: true, r: 4, alpha: 8, dropout: 0.1}",
 ]
-KILL_AT_STEP = 22  # mid-epoch 2 (steps 16..30), after the step-20 checkpoint
+KILL_AT_STEP = 22  # after the step-20 checkpoint: mid-epoch 2 of tiny (15 batches an
+# epoch), mid-epoch 1 of ttds_tiny (32): a resume inside the first epoch must work too
 
 STALLING_FIT = """
 import sys, time
@@ -133,8 +136,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _fit_command(run_dir: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(TINY), "--run-dir", str(run_dir), *RESUME_OVERRIDES, *extra]
+def _fit_command(run_dir: Path, *extra: str, config: Path = TINY) -> list[str]:
+    return ["fit", "--config", str(config), "--run-dir", str(run_dir), *RESUME_OVERRIDES, *extra]
 
 
 def _semrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -149,16 +152,17 @@ def _metrics(run_dir: Path) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
-def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [TINY, TTDS_TINY], ids=["static", "ttds"])
+def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path, config: Path) -> None:
     env = {**os.environ, "SEMREC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = _semrec(_fit_command(straight), env)
+    done = _semrec(_fit_command(straight, config=config), env)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ready = tmp_path / "stalled"
     script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, *_fit_command(killed)],
+        [sys.executable, "-c", script, *_fit_command(killed, config=config)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -181,16 +185,22 @@ def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert step_ckpt["global_step"] == 20  # the newest step checkpoint: mid-epoch
     assert not [p for p in (killed / "checkpoints").iterdir() if p.suffix == ".tmp"]
 
-    resumed = _semrec([*_fit_command(killed), "--resume"], env)
+    resumed = _semrec([*_fit_command(killed, config=config), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     assert _metrics(killed) == _metrics(straight)
     a = load_file(str(straight / "adapter" / WEIGHTS_FILE))
     b = load_file(str(killed / "adapter" / WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("items", "users") if config == TTDS_TINY else ():
+        codes = [
+            load_file(str(run / "adapter" / name / "state.safetensors"))["codes"]
+            for run in (straight, killed)
+        ]
+        assert torch.equal(*codes)
 
     # a resumed run whose training config differs is refused, naming the keys
-    refused = _semrec([*_fit_command(killed), "train.lr=0.01", "--resume"], env)
+    refused = _semrec([*_fit_command(killed, config=config), "train.lr=0.01", "--resume"], env)
     assert refused.returncode == 2
     assert "train.lr: 0.003 -> 0.01" in refused.stderr
 

@@ -61,6 +61,20 @@ class SIDPlaceholders:
         }
         return _PLACEHOLDER.sub(lambda m: tables[m.group(1)][int(m.group(2))], text)
 
+    def stand_in(self, text: str) -> str:
+        """``text`` with every placeholder replaced by a fixed full-length SID (code 0 at
+        every level): its token count does not depend on the current codes (batch lengths
+        must not, or a resumed run would batch an epoch differently)."""
+        if "\u27e6" not in text:
+            return text
+        fixed = {}
+        for kind, tokenizer in self.tokenizers.items():
+            if tokenizer is not None:
+                fixed[kind] = "".join(
+                    tokenizer.token(level, 0) for level in range(len(tokenizer.codebook_sizes))
+                )
+        return _PLACEHOLDER.sub(lambda m: fixed[m.group(1)], text)
+
     @staticmethod
     def mentioned(texts: Sequence[str]) -> dict[str, list[int]]:
         """The items (``items``) and users (``users``) the texts name, in order of mention."""

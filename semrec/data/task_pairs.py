@@ -5,9 +5,10 @@ section III-D), renders it through the :class:`~semrec.data.batching.PromptEncod
 (the model's prompt formatter) and tokenizes it once; valid/test prompts come from the evaluation task's template 0.
 
 With ``placeholders`` (a run whose tokenizer trains with the LLM) the texts name items and
-users by placeholder, and each batch is tokenized when it is collated, with the SIDs of
-that moment; training batches then also carry ``sid_items`` / ``sid_users``, the rows they
-mention.
+users by placeholder, and each batch is tokenized as its training step begins
+(:meth:`TaskPairs.encode_pending`), with the SIDs of that step; training batches then also
+carry ``sid_items`` / ``sid_users``, the rows they mention. Eval prompts are tokenized when
+collated (codes do not change during evaluation).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class TaskPairs:
         self.tasks = tasks
         self.eval_task = eval_task
         self.placeholders = placeholders
+        self._plain = formatter
         self.formatter = (
             formatter if placeholders is None else ResolvingEncoder(formatter, placeholders)
         )
@@ -61,10 +63,15 @@ class TaskPairs:
             samples = build_mixture(self.tasks, self.ctx, rng)
             if self.max_train_samples is not None:
                 samples = samples[: self.max_train_samples]
-            encoded = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
-            if self.placeholders is not None:
-                # tokenized again when batched; the lengths here only bucket the batches
-                encoded = [(s, len(ids)) for s, (ids, _) in zip(samples, encoded)]
+            if self.placeholders is None:
+                encoded = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
+            else:
+                # tokenized when batched; these lengths only bucket the batches
+                fixed = self.placeholders.stand_in
+                encoded = [
+                    (s, len(self._plain.encode_pair(fixed(s.prompt), fixed(s.response))[0]))
+                    for s in samples
+                ]
             self._epoch = (epoch, samples, encoded)
         return self._epoch[1], self._epoch[2]
 
@@ -83,16 +90,26 @@ class TaskPairs:
     def examples_per_epoch(self, epoch: int) -> int:
         return len(self.epoch_items(epoch))
 
-    def collate(self, items: list) -> dict[str, torch.Tensor]:
-        mentioned = None
+    def collate(self, items: list) -> dict:
+        """A training batch; with placeholders, ``{"pending": samples}`` for
+        :meth:`encode_pending` (the model calls it as the batch's step begins: a data loader
+        collates batches ahead of time, before the codes of their step are known)."""
         if self.placeholders is not None:
-            samples = [sample for sample, _ in items]
-            mentioned = self.placeholders.mentioned([s.prompt + s.response for s in samples])
-            items = [self.formatter.encode_pair(s.prompt, s.response) for s in samples]
+            return {"pending": [sample for sample, _ in items]}
+        return self._batch(items)
+
+    def encode_pending(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Tokenize a pending batch with the current SIDs; add the rows it mentions."""
+        samples = batch["pending"]
+        assert self.placeholders is not None
+        mentioned = self.placeholders.mentioned([s.prompt + s.response for s in samples])
+        out = self._batch([self.formatter.encode_pair(s.prompt, s.response) for s in samples])
+        for name, rows in mentioned.items():
+            out[f"sid_{name}"] = padded([rows])[0]
+        return out
+
+    def _batch(self, items: list[EncodedPair]) -> dict[str, torch.Tensor]:
         batch = self.formatter.collate_pairs(items)
-        if mentioned is not None:
-            for name, rows in mentioned.items():
-                batch[f"sid_{name}"] = padded([rows])[0]
         batch["examples"] = torch.tensor(len(items))
         batch["tokens"] = batch["attention_mask"].sum()
         return batch

@@ -18,7 +18,9 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
         {
             key.split("/")[0]
             for key in metrics
-            if key.count("/") == 2 and key.split("/", 2)[2] in columns
+            if key.count("/") == 2
+            and key.split("/", 2)[2] in columns
+            and key.split("/")[0] not in {name for name, _ in NEXT_USER_ROWS}
         }
     )
     rows += [(f"{name} (test)", f"{name}/test/") for name in baselines]
@@ -61,9 +63,28 @@ def metrics_table(metrics: dict[str, float], ks: list[int], notes: list[str] | N
                 if prefix + "rating_mae" in metrics
             )
         )
+    if "next_user/test/users" in metrics:
+        lines.append(
+            f"\nNext-user prediction (TTDS; {int(metrics['next_user/test/users'])} held-out "
+            "interactions, all users ranked): "
+            + "; ".join(
+                f"{label} "
+                + ", ".join(
+                    f"{c.upper()} {metrics[prefix + c]:.4f}"
+                    for c in columns
+                    if prefix + c in metrics
+                )
+                for label, prefix in ((label, f"{name}/test/") for name, label in NEXT_USER_ROWS)
+                if prefix + "users" in metrics
+            )
+        )
     for note in notes or []:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines)
+
+
+#: the next-user metrics' rows (semrec.evaluation.next_user), shown apart from the items'
+NEXT_USER_ROWS = (("next_user", "semrec"), ("next_user_popularity", "popularity"))
 
 
 def hr_stderr(p: float, n: int) -> float:

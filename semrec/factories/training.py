@@ -101,6 +101,7 @@ def build_module(
     *,
     joint=None,
     trie_builder=None,
+    batch_encoder=None,
 ):
     from semrec.models.module import GenRecModule
 
@@ -116,6 +117,7 @@ def build_module(
         candidate_ranker=candidate_ranker,
         joint=joint,
         trie_builder=trie_builder if joint is not None else None,
+        batch_encoder=batch_encoder,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -42,7 +43,9 @@ class GenRecModule(L.LightningModule):
     refreshed on its schedule, and ``trie_builder(codes)`` rebuilds the trie whenever the
     items' code table differs from the one the trie was built from (checked before every
     decoding, so a refresh, a resumed checkpoint or a loaded state can never leave a stale
-    trie). Checkpoints then also hold the tokenizers' whole state.
+    trie). Checkpoints then also hold the tokenizers' whole state. Training batches of such
+    a run arrive untokenized and ``batch_encoder`` tokenizes them (see
+    :meth:`on_before_batch_transfer`).
     """
 
     strict_loading = False  # checkpoints hold only the trainable parameters
@@ -61,12 +64,16 @@ class GenRecModule(L.LightningModule):
         candidate_ranker: Any | None = None,
         joint: Any | None = None,
         trie_builder: Any | None = None,
+        batch_encoder: Any | None = None,
     ) -> None:
         super().__init__()
         if joint is not None and trie_builder is None:
             raise ValueError("a jointly trained tokenizer needs a trie_builder")
         self.joint = joint
         self.trie_builder = trie_builder
+        self.batch_encoder = batch_encoder
+        self._joint_step: int | None = None
+        self._joint_report: dict[str, float] = {}
         self._trie_codes: torch.Tensor | None = None
         # from_pretrained returns a model in eval mode, and Lightning keeps each submodule's
         # mode: without this, LoRA dropout never ran during training (decoding sets eval
@@ -112,6 +119,9 @@ class GenRecModule(L.LightningModule):
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if self.joint is not None:
+            for name, value in self._joint_report.items():
+                self.log(f"joint/{name}", value, on_step=True, on_epoch=False, batch_size=size)
+            self._joint_report = {}
             parts = self.joint.loss(batch, self.model, self.global_step)
             for name, value in parts.items():
                 if name != "total":
@@ -122,16 +132,25 @@ class GenRecModule(L.LightningModule):
         )
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.joint is None:
-            return
-        # global_step counts optimizer steps: refresh once per step, not per micro-batch
-        step = self.global_step
-        if step == getattr(self, "_joint_step", None):
-            return
-        self._joint_step = step
-        for name, value in self.joint.after_step(step, self.model).items():
-            self.log(f"joint/{name}", value, on_step=True, on_epoch=False)
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A pending training batch (SID placeholders) is tokenized here, as its step
+        begins, after the codes are refreshed for that step.
+
+        Refreshes for step N run before step N+1's batch is tokenized, not after step N:
+        the step-N checkpoint is written after step N, so a run resumed from it refreshes
+        and tokenizes at the same point as the uninterrupted run. (The data loader collates
+        batches ahead, so tokenizing there would depend on how far ahead it is.)
+        """
+        if not (isinstance(batch, dict) and "pending" in batch):
+            return batch
+        if self.batch_encoder is None:
+            raise RuntimeError("a pending batch needs the module's batch_encoder")
+        if self.joint is not None:
+            step = self.global_step  # optimizer steps: once per step, not per micro-batch
+            if step != self._joint_step:
+                self._joint_step = step
+                self._joint_report = self.joint.after_step(step, self.model)
+        return self.batch_encoder(batch)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -143,7 +162,7 @@ class GenRecModule(L.LightningModule):
                 {"params": self.joint.trainable_parameters(), "lr": self.joint.schedule.lr}
             )
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._planned_steps()
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.warmup_ratio * total), total
         )
@@ -151,6 +170,26 @@ class GenRecModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _planned_steps(self) -> int:
+        """Optimizer steps of the whole training, for the learning-rate schedule.
+
+        Counted from the data module's epoch batches rather than with
+        ``trainer.estimated_stepping_batches``: that one sets up the train loader before a
+        checkpoint is restored, and Lightning then never hands the loader its saved
+        position, so a run resumed inside its first epoch restarted that epoch's data.
+        """
+        trainer = self.trainer
+        epoch_batches = getattr(trainer.datamodule, "epoch_batches", None)
+        if epoch_batches is None:
+            return max(1, int(trainer.estimated_stepping_batches))
+        per_epoch = math.ceil(len(epoch_batches(0)) / trainer.accumulate_grad_batches)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if epochs is None and steps is None:
+            raise RuntimeError("training needs max_epochs or max_steps for its LR schedule")
+        total = min(per_epoch * epochs if epochs else steps, steps or per_epoch * epochs)
+        return max(1, total)
 
     # ------------------------------------------------------------------ checkpoints
 

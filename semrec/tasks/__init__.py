@@ -11,6 +11,7 @@ from semrec.tasks.base import (
     TaskDataError,
     build_mixture,
 )
+from semrec.tasks.high_order import CommentTask, NextUserTask
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
 from semrec.tasks.negative import NegativeBehaviorTask
 from semrec.tasks.query import QueryAlignmentTask
@@ -27,6 +28,7 @@ from semrec.tasks.user_alignment import (
 __all__ = [
     "TASKS",
     "CandidateRankingTask",
+    "CommentTask",
     "HistoryIntentionToItemTask",
     "HistoryToDescriptionTask",
     "HistoryToIndexTask",
@@ -35,6 +37,7 @@ __all__ = [
     "IntentToCandidateTask",
     "IntentionToItemTask",
     "NegativeBehaviorTask",
+    "NextUserTask",
     "PreferenceTask",
     "PreferenceToIndexTask",
     "RatingPredictionTask",

@@ -46,26 +46,11 @@ class QueryAlignmentTask(Task):
     def pairs(self, ctx: TaskContext) -> list[tuple[str, int, int]]:
         """(review, item, user) for every training interaction whose review is known."""
         self.check(ctx)
-        dataset = ctx.dataset
-        sequences = dataset.sequences()
-        pairs = []
-        for user, reviews in enumerate(dataset.user_text):
-            if not reviews:
-                continue
-            if len(reviews) != len(sequences[user]):
-                raise TaskDataError(
-                    f"task 'query': user {dataset.user_ids[user]!r} has {len(reviews)} reviews "
-                    f"but {len(sequences[user])} interactions in {dataset.source or dataset.name}, "
-                    "so the reviews cannot be matched to the items they are about (needs one "
-                    "review per interaction, in time order)"
-                )
-            # leave-one-out holds out the last two interactions (valid, test)
-            held_out = 2
-            for review, item in zip(reviews[:-held_out], sequences[user][:-held_out]):
-                if review.strip():
-                    query = " ".join(review.split())[: self.max_chars]
-                    pairs.append((query, int(item), user))
-        return pairs
+        sequences = ctx.dataset.sequences()
+        return [
+            (" ".join(review.split())[: self.max_chars], int(sequences[user][k]), user)
+            for user, k, review in training_reviews(ctx, self.name)
+        ]
 
     def train_samples(self, ctx: TaskContext, rng: random.Random) -> list[Sample]:
         samples = []
@@ -74,3 +59,28 @@ class QueryAlignmentTask(Task):
             prompt = template.format(query=query)
             samples.append(Sample(self.name, prompt, ctx.sids[item], item, user))
         return samples
+
+
+def training_reviews(ctx: TaskContext, task: str):
+    """(user, position, review) of every training interaction with a non-empty review.
+
+    ``position`` indexes the user's chronological sequence (``dataset.sequences()``); a
+    user's reviews must be one per interaction, in time order (else :class:`TaskDataError`
+    naming the first such user). Leave-one-out's last two interactions are left out.
+    """
+    dataset = ctx.dataset
+    sequences = dataset.sequences()
+    for user, reviews in enumerate(dataset.user_text or []):
+        if not reviews:
+            continue
+        if len(reviews) != len(sequences[user]):
+            raise TaskDataError(
+                f"task {task!r}: user {dataset.user_ids[user]!r} has {len(reviews)} reviews "
+                f"but {len(sequences[user])} interactions in {dataset.source or dataset.name}, "
+                "so the reviews cannot be matched to the items they are about (needs one "
+                "review per interaction, in time order)"
+            )
+        held_out = 2  # leave-one-out holds out the last two interactions (valid, test)
+        for k, review in enumerate(reviews[:-held_out]):
+            if review.strip():
+                yield user, k, review

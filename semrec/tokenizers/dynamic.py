@@ -174,17 +174,24 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
             "largest_group": largest,
         }
         if largest > self.suffix_size:
-            record.update(accepted=False, changed_fraction=0.0)
+            record.update(accepted=False, changed_fraction=0.0, changed_by_level=None)
             self.refreshes.append(record)
             return None
         table = append_suffix_level(base)
         if self.code_table.shape[0] == table.shape[0]:
-            changed = (table != self.code_table).any(dim=1).nonzero().flatten()
+            differs = table != self.code_table
+            changed = differs.any(dim=1).nonzero().flatten()
+            by_level = differs.float().mean(dim=0).tolist()
         else:
             changed = torch.arange(table.shape[0])
+            by_level = [1.0] * table.shape[1]
         self.code_table = table
         self.base_codes = base
-        record.update(accepted=True, changed_fraction=changed.numel() / table.shape[0])
+        record.update(
+            accepted=True,
+            changed_fraction=changed.numel() / table.shape[0],
+            changed_by_level=[round(value, 4) for value in by_level],
+        )
         self.refreshes.append(record)
         return changed
 
@@ -234,11 +241,18 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
     def _encode_new(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.assign(embeddings.to(self.inputs.device)).cpu()
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The refresh history travels in Lightning checkpoints with the tensors."""
+        return {"refreshes": list(self.refreshes)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.refreshes = list(state.get("refreshes", []))
+
     def _model_state(self) -> dict[str, torch.Tensor]:
         return {
             key: value
             for key, value in self.state_dict().items()
-            if key not in ("code_table", "base_codes")
+            if key not in ("code_table", "base_codes") and isinstance(value, torch.Tensor)
         }
 
     def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -251,6 +265,7 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
             {**state, "code_table": self.code_table, "base_codes": self.base_codes},
             strict=False,
         )
+        missing = [key for key in missing if not key.endswith("_extra_state")]
         if missing or unexpected:
             raise KeyError(f"missing {missing}, unexpected {unexpected}")
 
