@@ -291,11 +291,6 @@ class Run:
         tokenizers = self.dynamic_tokenizers
         if not tokenizers:
             return None
-        if self.config.model.prompt_format == "compact":
-            raise RunError(
-                "a dynamic tokenizer needs model.prompt_format: text (the compact format "
-                "bakes the SIDs into its windows)"
-            )
         for name, tokenizer in tokenizers.items():
             if tokenizer.is_initialized:
                 continue

@@ -244,3 +244,57 @@ def test_a_run_without_refreshes_keeps_the_static_codes_of_ttss(tmp_path):
         for a, b in zip(static.tokenizer.parameters(), frozen.tokenizer.parameters())
     )
     assert moved
+
+
+# ------------------------------------------------------------------ LSH
+
+
+def test_lsh_codes_are_the_sign_bits_of_the_projections():
+    from semrec.tokenizers.lsh import hyperplanes, lsh_codes
+
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])
+    planes = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # one level, bits from x and y
+    codes = lsh_codes(x, planes, torch.zeros(2))
+    assert codes.tolist() == [[1], [0], [2]]  # bit 0: x > 0, bit 1: y > 0
+    assert torch.equal(hyperplanes(4, 2, 3, seed=1), hyperplanes(4, 2, 3, seed=1))
+
+
+def test_static_lsh_round_trips_and_dynamic_lsh_follows_its_inputs(tmp_path):
+    from semrec.tokenizers import DynamicLSHTokenizer, LSHTokenizer
+
+    x = clustered(dim=16)
+    static = LSHTokenizer(levels=2, bits=3, seed=1)
+    static.fit(x)
+    assert static.stats()["collision_rate_after"] == 0.0
+    static.save(tmp_path / "lsh")
+    assert torch.equal(load_tokenizer(tmp_path / "lsh").encode_new(x[:5]), static.encode_new(x[:5]))
+
+    dynamic = DynamicLSHTokenizer(levels=2, bits=3, seed=1)
+    dynamic.initialize(x)
+    assert dynamic.warm_up(None, steps=10) == []  # nothing to learn
+    assert torch.equal(dynamic.base_codes, static.codes_before_resolution[:, :2])
+    dynamic.set_inputs(-x)  # recomputed inputs: the codes follow them at the next refresh
+    assert dynamic.refresh_codes(step=5).numel() > 0
+
+
+def test_compact_windows_of_changing_codes_match_the_static_ones_for_the_same_codes():
+    from semrec.data.compact import CompactSequences
+    from semrec.data.split import leave_one_out
+
+    split = leave_one_out(load_synthetic(), max_history=5)
+    table = [[10 + i % 4, 20 + i % 3] for i in range(split.num_items)]
+    current = {"table": table}
+    args = {"sep_id": 3, "pad_id": 1, "max_history": 5, "window_items": 4}
+    static = CompactSequences(split, table, **args)
+    dynamic = CompactSequences(split, lambda: current["table"], **args)
+    plans = dynamic.epoch_items(0)[:6]
+    encoded = dynamic.encode_pending(dynamic.collate(plans))
+    expected = static.collate(static.epoch_items(0)[:6])
+    for key in ("input_ids", "labels", "attention_mask", "position_ids"):
+        assert torch.equal(encoded[key], expected[key]), key
+    assert encoded["sid_items"].tolist() == [i for plan in plans for i in plan.items]
+    current["table"] = [[10, 20, 30] for _ in table]  # new codes: new tokens, same plans
+    assert (
+        dynamic.encode_pending(dynamic.collate(plans))["input_ids"].shape[1]
+        > (expected["input_ids"].shape[1])
+    )

@@ -19,6 +19,11 @@ evaluation (a one-layer model is exact either way). Longer windows repeat far le
 (a prefix costs about one item's tokens instead of a whole prompt); the tests check both
 properties.
 
+With ``item_tokens`` given as a function (a tokenizer trained with the LLM), windows are
+kept as item lists and written out in tokens when their batch's step begins
+(:meth:`CompactSequences.encode_pending`, as for the text formats), and evaluation prompts
+when they are batched; training batches then also carry ``sid_items``.
+
 A window is one training item; batches hold ``attention_mask`` as a boolean
 ``[B, 1, T, T]`` mask (True: may attend), ``position_ids``, ``examples`` (prefixes) and
 ``tokens`` (non-padding tokens). Positions restart at 0 in every window: with rotary
@@ -28,6 +33,7 @@ prefix scores the same in a window and in its standalone prompt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +50,18 @@ class Window:
     item_position: torch.Tensor
     labels: torch.Tensor
     examples: int
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """A window as items: the context items, then targets from index ``first_target`` on."""
+
+    items: tuple[int, ...]
+    first_target: int
+
+    @property
+    def examples(self) -> int:
+        return len(self.items) - self.first_target
 
 
 def consecutive_runs(examples: list[Example], max_history: int) -> list[list[Example]]:
@@ -83,12 +101,13 @@ class CompactSequences:
             context but cost more attention per token).
 
     Windows are built once; an epoch is all of them (:meth:`epoch_items`).
+    ``item_tokens`` may be a function returning the current table (codes that change).
     """
 
     def __init__(
         self,
         split: Split,
-        item_tokens: list[list[int]],
+        item_tokens: list[list[int]] | Callable[[], list[list[int]]],
         *,
         sep_id: int,
         pad_id: int,
@@ -97,59 +116,93 @@ class CompactSequences:
     ) -> None:
         if window_items < 1:
             raise ValueError(f"window_items must be >= 1, got {window_items}")
-        if len(item_tokens) != split.num_items:
-            raise ValueError(f"item_tokens has {len(item_tokens)} rows for {split.num_items} items")
-        self.item_tokens = [[sep_id, *tokens] for tokens in item_tokens]
         self.sep_id = sep_id
         self.pad_id = pad_id
         self.max_history = max_history
         self.window_items = window_items
-        self.windows = [
-            window
+        self.dynamic = callable(item_tokens)
+        self._item_tokens = item_tokens
+        self._static_table: list[list[int]] | None = None
+        table = self.item_tokens
+        if len(table) != split.num_items:
+            raise ValueError(f"item_tokens has {len(table)} rows for {split.num_items} items")
+        self.plans = [
+            plan
             for run in consecutive_runs(split.train, max_history)
-            for window in self._run_windows(run)
+            for plan in self._run_plans(run)
         ]
-        self.num_examples = sum(window.examples for window in self.windows)
+        # batching lengths must not follow the codes: every item counted at its widest now
+        self._item_width = max(len(tokens) for tokens in table)
+        self.windows = None if self.dynamic else [self._window(plan) for plan in self.plans]
+        self.num_examples = sum(plan.examples for plan in self.plans)
 
-    def _run_windows(self, run: list[Example]) -> list[Window]:
+    @property
+    def item_tokens(self) -> list[list[int]]:
+        """Per item, ``<sep>`` then its current SID token ids."""
+        if self.dynamic:
+            return [[self.sep_id, *tokens] for tokens in self._item_tokens()]
+        if self._static_table is None:
+            self._static_table = [[self.sep_id, *tokens] for tokens in self._item_tokens]
+        return self._static_table
+
+    def _run_plans(self, run: list[Example]) -> list[WindowPlan]:
         items = [*run[0].history, *(ex.target for ex in run)]
-        first_target = len(run[0].history)
-        windows = []
-        for start in range(first_target, len(items), self.window_items):
+        plans = []
+        for start in range(len(run[0].history), len(items), self.window_items):
             stop = min(start + self.window_items, len(items))
             context = max(0, start - self.max_history)
-            ids, positions, labels = [], [], []
-            for offset, item in enumerate(items[context:stop]):
-                tokens = self.item_tokens[item]
-                ids.extend(tokens)
-                positions.extend([offset] * len(tokens))
-                # the separator is given; a target's SID tokens after it are predicted
-                predicted = context + offset >= start
-                labels.append(IGNORE_INDEX)
-                labels.extend(tokens[1:] if predicted else [IGNORE_INDEX] * (len(tokens) - 1))
-            windows.append(
-                Window(
-                    torch.tensor(ids, dtype=torch.long),
-                    torch.tensor(positions, dtype=torch.long),
-                    torch.tensor(labels, dtype=torch.long),
-                    stop - start,
-                )
-            )
-        return windows
+            plans.append(WindowPlan(tuple(items[context:stop]), start - context))
+        return plans
+
+    def _window(self, plan: WindowPlan, table: list[list[int]] | None = None) -> Window:
+        table = self.item_tokens if table is None else table
+        ids, positions, labels = [], [], []
+        for offset, item in enumerate(plan.items):
+            tokens = table[item]
+            ids.extend(tokens)
+            positions.extend([offset] * len(tokens))
+            # the separator is given; a target's SID tokens after it are predicted
+            predicted = offset >= plan.first_target
+            labels.append(IGNORE_INDEX)
+            labels.extend(tokens[1:] if predicted else [IGNORE_INDEX] * (len(tokens) - 1))
+        return Window(
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(positions, dtype=torch.long),
+            torch.tensor(labels, dtype=torch.long),
+            plan.examples,
+        )
 
     # ---------------------------------------------------------------- training
 
-    def epoch_items(self, epoch: int) -> list[Window]:
-        """Every window (the same each epoch; batches are reshuffled by the data module)."""
-        return self.windows
+    def epoch_items(self, epoch: int) -> list:
+        """Every window (the same each epoch; batches are reshuffled by the data module);
+        with changing codes, the windows' plans."""
+        return self.plans if self.dynamic else self.windows
 
-    def length(self, window: Window) -> int:
+    def length(self, window) -> int:
+        if isinstance(window, WindowPlan):  # independent of the current codes
+            return len(window.items) * self._item_width
         return len(window.input_ids)
 
     def examples_per_epoch(self, epoch: int) -> int:
         return self.num_examples
 
-    def collate(self, windows: list[Window]) -> dict[str, torch.Tensor]:
+    def encode_pending(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Write a pending batch's windows in the current SID tokens; add ``sid_items``."""
+        plans = batch["pending"]
+        table = self.item_tokens
+        out = self._collate([self._window(plan, table) for plan in plans])
+        out["sid_items"] = torch.tensor([item for plan in plans for item in plan.items])
+        return out
+
+    def collate(self, windows: list) -> dict:
+        """A training batch; with changing codes ``{"pending": plans}`` for
+        :meth:`encode_pending`."""
+        if self.dynamic:
+            return {"pending": list(windows)}
+        return self._collate(windows)
+
+    def _collate(self, windows: list[Window]) -> dict[str, torch.Tensor]:
         """Right-padded ids/labels, the windowed causal mask, position ids and ``examples``."""
         width = max(len(w.input_ids) for w in windows)
         batch = len(windows)
@@ -178,15 +231,24 @@ class CompactSequences:
 
     # -------------------------------------------------------------- evaluation
 
-    def prompt_ids(self, history: tuple[int, ...]) -> list[int]:
+    def prompt_ids(
+        self, history: tuple[int, ...], table: list[list[int]] | None = None
+    ) -> list[int]:
         """The prompt for one history: its last ``max_history`` items, then ``<sep>``."""
-        ids = [token for item in history[-self.max_history :] for token in self.item_tokens[item]]
+        table = self.item_tokens if table is None else table
+        ids = [token for item in history[-self.max_history :] for token in table[item]]
         return [*ids, self.sep_id]
 
-    def eval_prompts(self, examples: list[Example]) -> list[list[int]]:
+    def eval_prompts(self, examples: list[Example]) -> list:
+        """Prompt ids; with changing codes, the histories (written out when batched)."""
+        if self.dynamic:
+            return [ex.history[-self.max_history :] for ex in examples]
         return [self.prompt_ids(ex.history) for ex in examples]
 
-    def collate_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
+    def collate_prompts(self, prompts: list) -> dict[str, torch.Tensor]:
+        if self.dynamic:
+            table = self.item_tokens
+            prompts = [self.prompt_ids(tuple(history), table) for history in prompts]
         return left_pad(prompts, self.pad_id)
 
     def eval_candidates(self, examples: list[Example]) -> None:

@@ -18,6 +18,7 @@ from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.run_directory import RunError
 from semrec.tasks import TASKS, RecommendationTask, Task, TaskContext
 from semrec.tokenizers import ItemTokenizer
+from semrec.tokenizers.dynamic import DynamicTokenizer
 
 
 def build_tasks(config: ExperimentConfig) -> list[tuple[Task, float]]:
@@ -28,13 +29,25 @@ def build_tasks(config: ExperimentConfig) -> list[tuple[Task, float]]:
 def compact_sequences(
     config: ExperimentConfig, split: Split, tokenizer: ItemTokenizer, hf_tokenizer
 ) -> CompactSequences:
-    """The compact format's training windows (``model.prompt_format: compact``)."""
+    """The compact format's training windows (``model.prompt_format: compact``); a dynamic
+    tokenizer's are written out in its current codes when batched."""
+
+    def table() -> list[list[int]]:
+        return [hf_tokenizer.convert_tokens_to_ids(sid) for sid in tokenizer.index().values()]
+
+    item_tokens = table()
+    if isinstance(tokenizer, DynamicTokenizer):
+        cache = {"codes": tokenizer.codes.clone(), "table": item_tokens}
+
+        def current() -> list[list[int]]:
+            if not torch.equal(cache["codes"], tokenizer.codes):
+                cache.update(codes=tokenizer.codes.clone(), table=table())
+            return cache["table"]
+
+        item_tokens = current
     return CompactSequences(
         split,
-        [
-            hf_tokenizer.convert_tokens_to_ids(tokenizer.item_tokens(i))
-            for i in range(tokenizer.n_items)
-        ],
+        item_tokens,
         sep_id=hf_tokenizer.sep_token_id,
         pad_id=hf_tokenizer.pad_token_id,
         max_history=config.dataset.max_history,

@@ -94,7 +94,7 @@ class JointTokenizerTraining(nn.Module):
         self, batch: Mapping[str, torch.Tensor], model: nn.Module, step: int
     ) -> dict[str, torch.Tensor]:
         """``alpha * L_DM`` summed over the tokenizers, and each part (for logging)."""
-        zero = next(self.parameters()).new_zeros(())
+        zero = self.item_tokenizer.inputs.new_zeros(())
         out: dict[str, torch.Tensor] = {"total": zero}
         if self.schedule.frozen(step) or self.schedule.alpha == 0:
             return out

@@ -14,6 +14,7 @@ from semrec.tokenizers.base import (
     load_tokenizer,
 )
 from semrec.tokenizers.behavior_codebook import BehaviorCodebookTokenizer
+from semrec.tokenizers.lsh import DynamicLSHTokenizer, LSHTokenizer
 from semrec.tokenizers.rqkmeans import RQKMeansTokenizer
 from semrec.tokenizers.rqvae_usm import RandomIDTokenizer, RQVAEUSMTokenizer, VanillaIDTokenizer
 from semrec.tokenizers.ttds import TTDSTokenizer
@@ -22,8 +23,10 @@ from semrec.tokenizers.ulmrec_user import ULMRecUserTokenizer
 __all__ = [
     "TOKENIZERS",
     "BehaviorCodebookTokenizer",
+    "DynamicLSHTokenizer",
     "FittedCodes",
     "ItemTokenizer",
+    "LSHTokenizer",
     "PrecomputedTokenizer",
     "RQKMeansTokenizer",
     "RQVAEUSMTokenizer",

@@ -141,6 +141,9 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
         """
         self._require_initialized()
         params = [p for p in self.parameters() if p.requires_grad]
+        if not params:  # nothing to train (e.g. LSH): the codes follow the inputs alone
+            self.refresh_codes(step=0)
+            return []
         optimizer = torch.optim.AdamW(params, lr=lr)
         generator = torch.Generator().manual_seed(self.seed + 1)
         losses = []
