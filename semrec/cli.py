@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "annotate":
             run.annotate(args.kind)
         elif args.command == "tokenize":
+            run.tokenize()
             print(run.tokenizer_report())
             print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
         else:

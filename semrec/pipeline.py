@@ -313,6 +313,12 @@ class Run:
         )
         return joint.joint_training(self.config, tokenizers, hf_tokenizer, texts)
 
+    def tokenize(self) -> None:
+        """Fit (or reuse) the SIDs; a dynamic tokenizer needs the LLM for its warm-up."""
+        if any(not tok.is_initialized for tok in self.dynamic_tokenizers.values()):
+            model, hf_tokenizer, _ = self.build_model()
+            self.prepare_joint(model, hf_tokenizer)
+
     def tokenizer_report(self) -> str:
         if not self.tokenizer.is_fitted:
             return (
