@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``slow``, ``demo``, ``lint``, ``bench``,
-``bench_training``, ``bench_cf``, ``lock``,
+``bench_training``, ``bench_joint``, ``bench_cf``, ``lock``,
 ``tests_latest``.
 
 Every session installs the same environment (``_install``): the CPU build of torch first
@@ -114,6 +114,13 @@ def bench_training(session: nox.Session) -> None:
     """LLM training step, semrec vs a plain HF + PEFT loop (JSON; ~6 min on 2 cores)."""
     _install(session)
     session.run("python", "benchmarks/training.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def bench_joint(session: nox.Session) -> None:
+    """TTDS joint training step vs static SIDs, plus refresh and input-recompute cost (JSON)."""
+    _install(session)
+    session.run("python", "benchmarks/joint_step.py", *session.posargs, env=OFFLINE)
 
 
 @nox.session

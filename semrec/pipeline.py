@@ -271,7 +271,8 @@ class Run:
         roles = {"items": self.tokenizer, "users": self.user_tokenizer}
         return {name: tok for name, tok in roles.items() if isinstance(tok, DynamicTokenizer)}
 
-    def _joint_texts(self) -> dict[str, list[str]]:
+    def joint_texts(self) -> dict[str, list[str]]:
+        """The texts whose backbone representations are the dynamic tokenizers' inputs."""
         data = self.data
         texts = {"items": list(data.item_texts)}
         if "users" in self.dynamic_tokenizers:
@@ -281,7 +282,7 @@ class Run:
     def _dynamic_inputs(self, name: str, model, hf_tokenizer) -> torch.Tensor:
         """A dynamic tokenizer's inputs: the backbone's text representations, or the embedder's."""
         if self.config.train.joint.inputs == "backbone":
-            return joint.representer(self.config, hf_tokenizer)(model, self._joint_texts()[name])
+            return joint.representer(self.config, hf_tokenizer)(model, self.joint_texts()[name])
         if name == "items":
             return self.vectors.item_embeddings()
         return user_embeddings(self.config, self.data, self.vectors.text_embeddings, self.echo)
@@ -307,7 +308,7 @@ class Run:
             self.directory.mark_stage(stage, self.dynamic_fingerprint(stage))
         recompute = self.config.train.joint.recompute_inputs_every_n_steps
         texts = (
-            self._joint_texts()
+            self.joint_texts()
             if recompute and self.config.train.joint.inputs == "backbone"
             else None
         )
