@@ -1,8 +1,9 @@
 """One experiment run: data -> embeddings -> SIDs -> LoRA tuning -> constrained evaluation.
 
 :class:`Run` is the orchestrator: it calls the factories of :mod:`semrec.factories` in
-stage order (the SID stages are in :mod:`semrec.run_tokenizers`), reuses a stage whose fingerprint is unchanged, and writes everything to a run
-directory (:class:`~semrec.run_directory.RunDirectory`)::
+stage order (the SID stages are in :mod:`semrec.run_tokenizers`), reuses a stage whose
+fingerprint is unchanged, and writes everything to a run directory
+(:class:`~semrec.run_directory.RunDirectory`)::
 
     run_dir/
       config.yaml        the resolved config (every default filled in)
