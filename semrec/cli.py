@@ -1,4 +1,4 @@
-"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items ...``."""
+"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items|compare|convert ...``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ EPILOG = """examples:
   semrec predict --run runs/meituan_ml100k --k 20            # pre-cache every user's top 20
   semrec predict --run runs/meituan_ml100k --k 10 --users 196,186
   semrec add-items --run runs/meituan_ml100k --items new_items.json
+  semrec compare --config experiments/tiny.yaml --sweep items.tokenizer.name=rqkmeans,random_ids \\
+      --seeds 0,1 --out runs/compare_tiny
+  semrec convert --from amazon2018 --path data/amazon --name Beauty --to lcrec_json --out data/beauty
+  semrec convert --from amazon2023 --path data/a23 --name All_Beauty --to recbole --out data/rb \\
+      --option kcore=10 --option on_bad_line=skip
 """
 
 
@@ -55,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the config once per seed (e.g. 0,1,2) into run_dir/seed-<n>/ and write "
         "seeds.md / seeds.json (mean ± std over seeds) in run_dir",
     )
-    add("tokenize", "fit only the item tokenizer and print its statistics")
+    tokenize = add("tokenize", "fit only the item tokenizer and print its statistics")
+    tokenize.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw code usage, entropy and collisions to <run>/tokenizer/diagnostics.png",
+    )
     annotate = add(
         "annotate",
         "generate LLM-written texts (intentions, preferences, SID token semantics) for tasks",
@@ -95,6 +105,60 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_items.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     add_items.add_argument("--items", required=True, help="JSON list of new item records")
+    compare = commands.add_parser(
+        "compare",
+        help="run configs (or one config with sweeps) over seeds; write a table, CSV and plot",
+        description="Run every (config variant, seed) cell into OUT/cells/ (finished cells are "
+        "skipped, killed ones resume), then write compare.md / compare.csv / compare.png with "
+        "mean ± std over seeds and paired significance tests against a reference row.",
+    )
+    compare.add_argument(
+        "--config", "-c", action="append", required=True, help="experiment YAML (repeatable)"
+    )
+    compare.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        help="key=v1,v2: one row per value (repeatable: the product of the sweeps)",
+    )
+    compare.add_argument("--seeds", type=_seed_list, default=[0], help="e.g. 0,1,2 (default 0)")
+    compare.add_argument("--out", required=True, help="output directory")
+    compare.add_argument(
+        "--reference", help="row (or baseline, e.g. sasrec) the others are tested against"
+    )
+    compare.add_argument(
+        "--metrics", help="table metrics, e.g. hr@10,ndcg@10 (default: HR/NDCG at eval.ks)"
+    )
+    compare.add_argument(
+        "--significance",
+        default="hr@10,ndcg@10",
+        help="metrics of the paired tests (default hr@10,ndcg@10)",
+    )
+    compare.add_argument("overrides", nargs="*", help="config overrides for every row")
+    convert = commands.add_parser(
+        "convert",
+        help="load a dataset source and write it as RecBole atomic files, LC-Rec JSON or "
+        "MiniOneRec CSV",
+        description="Load a dataset source (any DATASET_LOADERS entry, with its options) and "
+        "write it in another tool's format; the files appear together or not at all.",
+    )
+    convert.add_argument("--from", dest="source", required=True, help="dataset source")
+    convert.add_argument("--path", help="directory holding the source files")
+    convert.add_argument("--name", help="dataset name / category (default: the directory's)")
+    convert.add_argument("--to", required=True, choices=["recbole", "lcrec_json", "minionerec_csv"])
+    convert.add_argument("--out", required=True, help="output directory")
+    convert.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="a loader option (YAML value, repeatable), e.g. kcore=10, dedup=all",
+    )
+    convert.add_argument(
+        "--max-history", type=int, help="minionerec_csv: history items kept per row (default 20)"
+    )
     return parser
 
 
@@ -123,6 +187,45 @@ def _requested_users(args) -> list[str] | None:
             raise FileNotFoundError(f"--users-file {path}: not found")
         users += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return users or None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``kcore=10`` -> ("kcore", 10); the value is parsed as YAML."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. kcore=10")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML") from None
+
+
+def convert_dataset(args: argparse.Namespace) -> int:
+    """``semrec convert``: load ``--from`` (with ``--option``s) and write ``--to`` into ``--out``."""
+    from semrec.data.writers import convert
+
+    dataset, paths = convert(
+        args.source,
+        args.path,
+        args.name,
+        args.to,
+        args.out,
+        options=dict(args.option),
+        writer_options={} if args.max_history is None else {"max_history": args.max_history},
+    )
+    print(
+        f"[convert] {args.source} {dataset.name}: {dataset.num_users} users, "
+        f"{dataset.num_items} items, {dataset.num_interactions} interactions -> {args.to}"
+    )
+    for path in paths:
+        print(f"  {path}")
+    return 0
 
 
 def _seed_list(text: str) -> list[int]:
@@ -171,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         # bitsandbytes >= 0.49 logs a warning when the optional `kernels` package (fused CPU
         # 4-bit kernels) is absent; it then uses its built-in CPU path, which QLoRA here uses.
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if args.command == "convert":  # needs none of the model stack imported below
+        try:
+            return convert_dataset(args)
+        except (ValueError, KeyError, OSError) as err:
+            if args.verbose:
+                raise
+            print(f"semrec: error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
     from semrec.pipeline import Run, RunError
     from semrec.serving import PredictionError
 
@@ -202,6 +313,20 @@ def main(argv: list[str] | None = None) -> int:
 
             add_items(_stored_run(Path(args.run), args.overrides), args.items)
             return 0
+        if args.command == "compare":
+            from semrec.compare import compare
+
+            compare(
+                args.config,
+                args.seeds,
+                args.out,
+                sweeps=args.sweep,
+                overrides=args.overrides,
+                metrics=None if args.metrics is None else _names(args.metrics),
+                significance_metrics=_names(args.significance),
+                reference=args.reference,
+            )
+            return 0
         config = load_config(args.config, args.overrides)
         if args.command == "fit" and args.seeds:
             fit_seeds(config, args.run_dir, args.seeds, args.resume)
@@ -213,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             run.tokenize()
             print(run.tokenizer_report())
             print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
+            if args.plot:
+                for path in run.plot_tokenizers():
+                    print(f"[tokenize] diagnostics: {path}")
         else:
             run.fit(resume=args.resume)
         return 0

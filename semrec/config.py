@@ -42,9 +42,17 @@ class TextConfig(_Section):
 
 
 class DatasetConfig(_Section):
+    """The dataset: a ``DATASET_LOADERS`` source, its files and how it is filtered and split.
+
+    ``options`` are the source's loader options (its keyword-only parameters, checked
+    against them), e.g. for the Amazon sources ``{kcore: 10, dedup: all, on_bad_line:
+    skip}``; ``kcore`` is a further k-core filter applied to whatever the loader returns.
+    """
+
     source: str = "ml-100k"
     path: str | None = None
     name: str | None = None
+    options: dict[str, Any] = {}
     kcore: int = Field(0, ge=0)
     max_history: int = Field(20, ge=1)
     max_train_examples_per_user: int | None = Field(None, ge=1)
@@ -213,6 +221,8 @@ class TrainConfig(_Section):
     check_val_every_n_epoch: int = Field(1, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
+    # Lightning's progress bars while training and testing (off: e.g. in notebooks and logs)
+    progress_bar: bool = True
     # batches of similar-length items (less padding); every item still once per epoch
     bucket_by_length: bool = True
     num_threads: int | None = None
@@ -355,6 +365,7 @@ class ExperimentConfig(_Section):
         from semrec.text.encoders import TEXT_ENCODERS
         from semrec.tokenizers import TOKENIZERS
 
+        _check_dataset_options(self.dataset)
         _check_component("encoder", self.encoder, TEXT_ENCODERS)
         embedder = self.items.embedder
         if embedder.name == "text" and embedder.params:
@@ -515,7 +526,14 @@ class ExperimentConfig(_Section):
 # What `semrec fit --resume` and `semrec test` compare with the stored config: every key
 # that changes the SIDs or the trained weights. Keys under these prefixes but in
 # NOT_TRAINING only change speed or logging.
-_DATA_KEYS = ("seed", "dataset.source", "dataset.path", "dataset.name", "dataset.kcore")
+_DATA_KEYS = (
+    "seed",
+    "dataset.source",
+    "dataset.path",
+    "dataset.name",
+    "dataset.options",
+    "dataset.kcore",
+)
 ITEM_TOKENIZER_KEYS = (*_DATA_KEYS, "dataset.text", "encoder", "items")
 # user embedders read the item texts (history_text) and the split (its history cap too)
 USER_TOKENIZER_KEYS = (*_DATA_KEYS, "dataset", "encoder", "users")
@@ -543,6 +561,7 @@ MODEL_KEYS = tuple(key for key in TRAINING_KEYS if not key.startswith("eval."))
 NOT_TRAINING = (
     "train.num_threads",
     "train.log_every_n_steps",
+    "train.progress_bar",
     "train.checkpoint_every_n_steps",
     "annotate.batch_size",
     "annotate.store_dir",
@@ -626,6 +645,25 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
             raise ConfigError(
                 f"{where}.params.{key}: {cfg.name!r} has no parameter {key!r}"
                 f"{_did_you_mean(key, accepted)} (accepted: {', '.join(accepted)})"
+            )
+
+
+def _check_dataset_options(cfg: DatasetConfig) -> None:
+    """``dataset.options`` against the keyword-only parameters of the source's loader."""
+    if not cfg.options:
+        return
+    from semrec.data import DATASET_LOADERS, dataset_options
+
+    try:
+        DATASET_LOADERS.get(cfg.source)
+    except KeyError as err:
+        raise ConfigError(f"dataset.source: {err}") from None
+    accepted = dataset_options(cfg.source)
+    for key in cfg.options:
+        if key not in accepted:
+            raise ConfigError(
+                f"dataset.options.{key}: source {cfg.source!r} has no option {key!r}"
+                f"{_did_you_mean(key, accepted)} (options: {', '.join(accepted) or 'none'})"
             )
 
 

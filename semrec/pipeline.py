@@ -15,11 +15,13 @@ fingerprint is unchanged, and writes everything to a run directory
       checkpoints/       full Lightning checkpoints of the training (``fit --resume``)
       logs/ tb/          CSV and TensorBoard logs
       metrics.json       flat metrics: test/hr@10, valid/..., popularity/test/hr@10, ...
+      ranks.json         every test user's target rank, per method (for paired tests)
       metrics.md         the table printed at the end
 
 Every file is written atomically, so a failing stage leaves the previous state intact.
 A read-only run (``semrec test``) writes nothing but its outputs (metrics.json, metrics.md,
-token_understanding.json) and refuses when the stored stages do not match its config.
+ranks.json, token_understanding.json) and refuses when the stored stages do not match its
+config.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from semrec.config import (
 from semrec.config import config_section as section
 from semrec.data.datamodule import GenRecDataModule
 from semrec.data.sid_placeholders import SIDPlaceholders
+from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks
 from semrec.evaluation.report import metrics_table, report_notes
 from semrec.factories import decoding, joint, training
 from semrec.factories.candidates import run_candidates, verbalizer
@@ -93,6 +96,7 @@ class Run(RunTokenizers):
             self._stage_config = config
             self.directory.check_writable()
         self.timings: dict[str, float] = {}
+        self.test_ranks: PerUserRanks | None = None  # set by test()
         torch.manual_seed(config.seed)
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
@@ -375,6 +379,7 @@ class Run(RunTokenizers):
                 ckpt_path=str(resume_from) if resume_from is not None else None,
             )
         self._timed("train", start)
+        self.plot_training_curves()
         if not best.saved:
             best.save(model)  # no validation ran: keep the final weights
         load_trained_weights(model, adapter_dir)
@@ -383,6 +388,42 @@ class Run(RunTokenizers):
             write_json(self.run_dir / "valid_metrics.json", best.best_metrics)
         self.directory.mark_stage("train", fingerprint)
         return module, datamodule, hf_tokenizer
+
+    def plot_training_curves(self) -> None:
+        """``training_curves.png`` beside the logs: training loss and validation metrics."""
+        from semrec.evaluation.diagnostics import plot_training_curves
+
+        try:
+            path = plot_training_curves(
+                self.run_dir / "logs", self.run_dir / "training_curves.png", self.config.name
+            )
+        except FileNotFoundError as err:
+            self.echo(f"[train] no training curves: {err}")
+            return
+        if path is not None:
+            self.echo(f"[train] training curves: {path}")
+
+    def plot_tokenizers(self) -> list[Path]:
+        """``diagnostics.png`` in each fitted tokenizer's directory (``semrec tokenize --plot``)."""
+        from semrec.evaluation.diagnostics import plot_tokenizer
+
+        written = []
+        for stage, tokenizer in (
+            ("tokenizer", self.tokenizer),
+            ("user_tokenizer", self.user_tokenizer),
+        ):
+            if tokenizer is None or not tokenizer.is_fitted:
+                continue
+            title = f"{self.config.name} ({'items' if stage == 'tokenizer' else 'users'})"
+            written.append(
+                plot_tokenizer(
+                    tokenizer.codes,
+                    tokenizer.stats(),
+                    self.run_dir / stage / "diagnostics.png",
+                    title,
+                )
+            )
+        return written
 
     # ------------------------------------------------------------------ evaluation
 
@@ -414,11 +455,20 @@ class Run(RunTokenizers):
         metrics.update(self.next_user_prediction(module.model, trained_tokenizer, datamodule))
         examples = {"test": datamodule.test_examples, "valid": datamodule.valid_examples}
         exclude = {part: datamodule.excluded_items(part) for part in examples}
-        scores, seconds = run_baselines(
+        baselines = run_baselines(
             self.config.eval, self.config.seed, self.data.split, examples, exclude, self.echo
         )
-        self.timings.update({f"baseline_{name}": s for name, s in seconds.items()})
-        return {**metrics, **scores}
+        self.timings.update({f"baseline_{name}": s for name, s in baselines.seconds.items()})
+        self.test_ranks = PerUserRanks.of_examples(
+            datamodule.test_examples,
+            self.data.dataset.user_ids,
+            k=max(self.config.eval.ks),
+            methods={
+                "semrec": module.last_ranks.get("test"),
+                **{name: ranks.get("test") for name, ranks in baselines.ranks.items()},
+            },
+        )
+        return {**metrics, **baselines.metrics}
 
     def rating_prediction(self, model, hf_tokenizer, datamodule) -> dict[str, float]:
         """MAE/RMSE of the ``rating_prediction`` task on the test items, when it is trained."""
@@ -510,6 +560,8 @@ class Run(RunTokenizers):
         notes = report_notes(metrics, self.config, len(split.test), len(split.train))
         metrics.update({f"time/{name}_s": seconds for name, seconds in self.timings.items()})
         write_json(self.run_dir / "metrics.json", metrics)
+        if self.test_ranks is not None:
+            self.test_ranks.save(self.run_dir / RANKS_FILE)
         table = metrics_table(metrics, self.config.eval.ks, notes)
         with atomic_write(self.run_dir / "metrics.md") as fh:
             fh.write(table + "\n")

@@ -101,7 +101,7 @@ def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
 
-OUTPUTS = {"metrics.json", "metrics.md"}
+OUTPUTS = {"metrics.json", "metrics.md", "ranks.json"}
 
 
 @pytest.mark.parametrize(

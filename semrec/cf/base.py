@@ -450,6 +450,19 @@ class SequentialRecommender(ABC):
             return torch.empty(0, k, dtype=torch.long)
         return torch.cat(ranked)
 
+    def rank(
+        self,
+        split: Split,
+        examples: Sequence[Example],
+        k: int,
+        exclude: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        """The baseline protocol's ranking: fit on ``split`` unless fitted, then the top-``k``
+        of every example's history (see :meth:`recommend`)."""
+        if not self.is_fitted:
+            self.fit(split)
+        return self.recommend([ex.history for ex in examples], k, exclude)
+
     def ranking_metrics(
         self,
         examples: Sequence[Example],

@@ -195,7 +195,7 @@ class GenRecDataModule(L.LightningDataModule):
         exclude = self.excluded_items(part) or [[] for _ in examples]
         candidates = self.training.eval_candidates(examples)
         encoded = [
-            (ids, ex.target, banned, None if candidates is None else candidates[row])
+            (ids, ex.target, banned, None if candidates is None else candidates[row], row)
             for row, (ids, ex, banned) in enumerate(zip(prompts, examples, exclude))
         ]
         # Similar lengths together: less padding in each batched beam search.
@@ -204,9 +204,11 @@ class GenRecDataModule(L.LightningDataModule):
             encoded, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate_eval
         )
 
-    def _collate_eval(self, encoded: list[tuple[list[int], int, list[int], Any]]) -> dict:
+    def _collate_eval(self, encoded: list[tuple[list[int], int, list[int], Any, int]]) -> dict:
         batch = self.training.collate_prompts([row[0] for row in encoded])
         batch["targets"] = torch.tensor([row[1] for row in encoded], dtype=torch.long)
+        # each prompt's position in the examples list (batches are sorted by length)
+        batch["rows"] = torch.tensor([row[4] for row in encoded], dtype=torch.long)
         if self.mask_history:
             batch["exclude"] = padded([row[2] for row in encoded])
         if encoded[0][3] is not None:

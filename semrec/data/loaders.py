@@ -1,17 +1,20 @@
 """Dataset loaders, one per on-disk format, selected by name through ``DATASET_LOADERS``.
 
-A loader is a function ``(path, name) -> RecDataset``. Add a format without touching
-this module::
+A loader is a function ``(path, name) -> RecDataset``; keyword-only parameters after those
+are its options (``dataset.options`` in a config, ``--option`` of ``semrec convert``). Add
+a format without touching this module::
 
     @DATASET_LOADERS.register("my_format")
-    def load_my_format(path: str | None, name: str | None) -> RecDataset: ...
+    def load_my_format(path: str | None, name: str | None, *, kcore: int = 5) -> RecDataset: ...
 
 Built in:
 
 - ``recbole``: RecBole atomic files ``<path>/<name>.inter`` (+ optional ``.item``, ``.user``);
 - ``lcrec_json``: LC-Rec's ``<name>.inter.json`` / ``.item.json`` (+ optional ``.index.json``,
   ``.review.json``);
-- ``ml-100k``: MovieLens-100k as shipped inside the ``recbole`` wheel.
+- ``ml-100k``: MovieLens-100k as shipped inside the ``recbole`` wheel;
+- ``amazon2014`` / ``amazon2018`` / ``amazon2023``: Amazon review dumps
+  (:mod:`semrec.data.amazon`).
 
 Repeated interactions: a user may interact with the same item more than once (a re-watch,
 a re-purchase); every occurrence is kept, in time order. Rows that repeat the same user, item
@@ -29,6 +32,7 @@ own names.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import math
 import re
@@ -66,14 +70,31 @@ _ATOMIC_TYPES = {"token", "token_seq", "float", "float_seq"}
 _SID_TOKENS = re.compile(r"(?:<[^<>_\s]+_\d+>)+")
 
 
-def load_dataset(source: str, path: str | None = None, name: str | None = None) -> RecDataset:
+def load_dataset(
+    source: str, path: str | None = None, name: str | None = None, **options: Any
+) -> RecDataset:
     """Load a dataset with the loader registered under ``source``.
 
     ``path`` is the directory holding the files and ``name`` their common prefix
-    (default: the directory's name). Unknown sources raise ``UnknownComponentError``
-    listing the registered ones.
+    (default: the directory's name); ``options`` go to the loader (see
+    :func:`dataset_options`). Unknown sources raise ``UnknownComponentError`` listing the
+    registered ones, unknown options a ``ValueError`` listing the accepted ones.
     """
-    return DATASET_LOADERS.get(source)(path, name)
+    loader = DATASET_LOADERS.get(source)
+    accepted = dataset_options(source)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ValueError(
+            f"dataset source {source!r} has no option {unknown[0]!r} "
+            f"(options: {', '.join(accepted) or 'none'})"
+        )
+    return loader(path, name, **options)
+
+
+def dataset_options(source: str) -> list[str]:
+    """Names of the options (keyword-only parameters) of the loader registered as ``source``."""
+    parameters = inspect.signature(DATASET_LOADERS.get(source)).parameters.values()
+    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -35,7 +35,8 @@ def kcore_filter(ds: RecDataset, k: int) -> RecDataset:
 
     Filtering repeats until stable (dropping items can push users below ``k`` and back).
     Users and items left without interactions are removed and re-indexed in their original
-    order; all per-user / per-item side information stays aligned. ``k <= 1`` is a no-op.
+    order; all side information stays aligned, per-interaction reviews included (see
+    :func:`select_interactions`). ``k <= 1`` is a no-op.
     """
     if k <= 1:
         return ds
@@ -48,6 +49,21 @@ def kcore_filter(ds: RecDataset, k: int) -> RecDataset:
             break
         keep = still_ok
 
+    return select_interactions(ds, keep)
+
+
+def select_interactions(ds: RecDataset, keep: np.ndarray) -> RecDataset:
+    """``ds`` with only the interactions where the bool mask ``keep`` is true.
+
+    Users and items left without interactions are removed and re-indexed in their original
+    order; all per-user / per-item side information stays aligned. A user's ``user_text``
+    holding one review per interaction (as many as the user has interactions, in time
+    order, the convention the review tasks read) loses the reviews of the dropped
+    interactions; other review lists are kept whole.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (ds.num_interactions,):
+        raise ValueError(f"keep has shape {keep.shape}, expected ({ds.num_interactions},)")
     kept_users = np.flatnonzero(np.bincount(ds.users[keep], minlength=ds.num_users))
     kept_items = np.flatnonzero(np.bincount(ds.items[keep], minlength=ds.num_items))
     new_user = np.full(ds.num_users, -1, dtype=np.int64)
@@ -70,11 +86,28 @@ def kcore_filter(ds: RecDataset, k: int) -> RecDataset:
         timestamps=ds.timestamps[keep],
         ratings=None if ds.ratings is None else ds.ratings[keep],
         item_text=per_item(ds.item_text),
-        user_text=per_user(ds.user_text),
+        user_text=_kept_reviews(ds, keep, kept_users),
         user_features=per_user(ds.user_features),
         precomputed_sids=per_item(ds.precomputed_sids),
         source=ds.source,
     )
+
+
+def _kept_reviews(
+    ds: RecDataset, keep: np.ndarray, kept_users: np.ndarray
+) -> list[list[str]] | None:
+    """``ds.user_text`` of ``kept_users``; per-interaction reviews follow ``keep``."""
+    if ds.user_text is None:
+        return None
+    counts = np.bincount(ds.users, minlength=ds.num_users)
+    kept_in_time_order = np.split(keep[ds.chronological_order()], np.cumsum(counts)[:-1])
+    reviews = []
+    for user in kept_users.tolist():
+        texts = ds.user_text[user]
+        if len(texts) == counts[user]:  # one per interaction: drop the filtered ones
+            texts = [text for text, kept in zip(texts, kept_in_time_order[user]) if kept]
+        reviews.append(list(texts))
+    return reviews
 
 
 @dataclass(frozen=True)

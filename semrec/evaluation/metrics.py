@@ -60,15 +60,22 @@ class TopKRankingMetrics(Metric):
         self.ks = sorted(ks)
         self.num_items = num_items
         self.add_state("ranks", default=[], dist_reduce_fx="cat")
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
         self.add_state("invalid", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("slots", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state(
             "seen", default=torch.zeros(num_items, dtype=torch.bool), dist_reduce_fx="max"
         )
 
-    def update(self, ranked: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self, ranked: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """Add a batch: ranked item ids [B, K], targets [B] and optionally each example's
+        position ``rows`` [B] in its evaluation list (for :meth:`ordered_ranks`)."""
         top = ranked[:, : max(self.ks)]
         self.ranks.append(target_ranks(top, targets))
+        if rows is not None:
+            self.rows.append(rows.to(torch.long).cpu())
         valid = (top >= 0) & (top < self.num_items)
         self.invalid += (~valid).sum()
         self.slots += top.numel()
@@ -81,3 +88,21 @@ class TopKRankingMetrics(Metric):
         out["coverage"] = self.seen.float().mean().item()
         out["users"] = float(ranks.numel())
         return out
+
+    def ordered_ranks(self) -> torch.Tensor:
+        """Every example's target rank (``inf``: not in the top ``max(ks)``), in ``rows``
+        order when every batch gave its rows, else in update order. Call before ``reset``."""
+        ranks = torch.cat(self.ranks) if self.ranks else torch.empty(0)
+        rows = torch.cat(self.rows) if self.rows else torch.empty(0, dtype=torch.long)
+        if rows.numel() != ranks.numel():
+            return ranks
+        return ranks[torch.argsort(rows)]
+
+
+def evaluate_ranked(
+    ranked: torch.Tensor, targets: torch.Tensor, ks: list[int], num_items: int
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of one ranked list per example, and each example's target rank."""
+    metric = TopKRankingMetrics(ks, num_items)
+    metric.update(ranked, targets)
+    return metric.compute(), metric.ordered_ranks()

@@ -16,6 +16,25 @@ def popularity_ranking(split: Split, k: int) -> torch.Tensor:
     return torch.as_tensor(order[:k], dtype=torch.long)
 
 
+def popularity_lists(
+    split: Split, n_examples: int, k: int, exclude: list[list[int]] | None = None
+) -> torch.Tensor:
+    """The popularity top-``k`` for ``n_examples`` examples: LongTensor [n_examples, k].
+
+    ``exclude[i]`` (``eval.mask_history``) are items left out of example ``i``'s list;
+    slots left without an item hold ``-1``.
+    """
+    if exclude is None:
+        return popularity_ranking(split, k).expand(n_examples, -1)
+    order = popularity_ranking(split, split.num_items).tolist()
+    ranked = torch.full((n_examples, k), -1, dtype=torch.long)
+    for row, banned in enumerate(exclude):
+        banned_set = set(banned)
+        kept = [item for item in order if item not in banned_set][:k]
+        ranked[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
+    return ranked
+
+
 def evaluate_popularity(
     split: Split,
     examples: list[Example],
@@ -26,17 +45,7 @@ def evaluate_popularity(
 
     ``exclude[i]`` (``eval.mask_history``) are items left out of example ``i``'s list.
     """
-    k = max(ks)
     metric = TopKRankingMetrics(ks, split.num_items)
     targets = torch.tensor([ex.target for ex in examples], dtype=torch.long)
-    if exclude is None:
-        metric.update(popularity_ranking(split, k).expand(len(examples), -1), targets)
-        return metric.compute()
-    order = popularity_ranking(split, split.num_items).tolist()
-    ranked = torch.full((len(examples), k), -1, dtype=torch.long)
-    for row, banned in enumerate(exclude):
-        banned_set = set(banned)
-        kept = [item for item in order if item not in banned_set][:k]
-        ranked[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
-    metric.update(ranked, targets)
+    metric.update(popularity_lists(split, len(examples), max(ks), exclude), targets)
     return metric.compute()

@@ -32,7 +32,8 @@ def item_text_builder(cfg: TextConfig) -> ItemTextBuilder:
 
 def prepare_data(cfg: DatasetConfig) -> PreparedData:
     """Load ``cfg.source``, k-core filter it, split it leave-one-out and build item texts."""
-    dataset = kcore_filter(load_dataset(cfg.source, cfg.path, cfg.name), cfg.kcore)
+    dataset = load_dataset(cfg.source, cfg.path, cfg.name, **cfg.options)
+    dataset = kcore_filter(dataset, cfg.kcore)
     split = leave_one_out(
         dataset,
         max_history=cfg.max_history,

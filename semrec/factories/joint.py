@@ -95,10 +95,18 @@ def initialize(
         model.train(was_training)
     stats = tokenizer.stats()
     shown = f", L_DM {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+    last = tokenizer.refreshes[-1] if tokenizer.refreshes else {"accepted": True}
+    refused = (
+        ""
+        if last["accepted"]
+        else f"; its codes were REFUSED ({last['collision_rate_before_suffix']:.1%} of rows "
+        f"collide, largest group {last['largest_group']} > suffix_size "
+        f"{tokenizer.suffix_size}: the tower collapsed), so the initial codes stay"
+    )
     echo(
         f"[tokenize] {entity}: {type(tokenizer).__name__} warmed up for {len(losses)} steps"
-        f"{shown}; collisions {stats['collision_rate_before']:.2%} before the suffix, "
-        f"{stats['collision_rate_after']:.2%} after"
+        f"{shown}{refused}; collisions {stats['collision_rate_before']:.2%} before the "
+        f"suffix, {stats['collision_rate_after']:.2%} after"
     )
 
 

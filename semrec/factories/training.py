@@ -211,6 +211,7 @@ def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        enable_progress_bar=train.progress_bar,
         logger=[
             L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
             L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
@@ -233,5 +234,5 @@ def test_trainer(config: ExperimentConfig):
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=True,
+        enable_progress_bar=config.train.progress_bar,
     )

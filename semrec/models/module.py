@@ -97,6 +97,8 @@ class GenRecModule(L.LightningModule):
             }
         )
         self.last_metrics: dict[str, dict[str, float]] = {}
+        #: per evaluation part, each example's target rank in evaluation-list order
+        self.last_ranks: dict[str, torch.Tensor] = {}
 
     def set_trie(self, trie: SIDTrie) -> None:
         self.trie = trie
@@ -241,7 +243,7 @@ class GenRecModule(L.LightningModule):
         result = self.recommend(
             batch["input_ids"], batch["attention_mask"], max(self.ks), batch.get("exclude")
         )
-        metric.update(result.items.cpu(), batch["targets"].cpu())
+        metric.update(result.items.cpu(), batch["targets"].cpu(), batch.get("rows"))
 
     def _rank_candidates(self, batch: dict[str, torch.Tensor], part: str) -> None:
         """Verbalizer ranking of the batch's candidates: overall and retrieved-subset metrics."""
@@ -251,7 +253,8 @@ class GenRecModule(L.LightningModule):
             self.model, batch["input_ids"], batch["attention_mask"], batch["candidates"]
         )
         targets = batch["targets"].cpu()
-        (self.val_metrics if part == "val" else self.test_metrics).update(ranked, targets)
+        metric = self.val_metrics if part == "val" else self.test_metrics
+        metric.update(ranked, targets, batch.get("rows"))
         retrieved = (batch["candidates"].cpu() == targets[:, None]).any(dim=1)
         if bool(retrieved.any()):
             self.subset_metrics[f"{part}_subset"].update(ranked[retrieved], targets[retrieved])
@@ -278,10 +281,11 @@ class GenRecModule(L.LightningModule):
             max(self.ks),
             exclude_items=batch.get("exclude"),
         )
-        self.test_metrics.update(result.items.cpu(), batch["targets"].cpu())
+        self.test_metrics.update(result.items.cpu(), batch["targets"].cpu(), batch.get("rows"))
 
     def _log_metrics(self, prefix: str, metric: TopKRankingMetrics) -> None:
         values = metric.compute()
+        self.last_ranks[prefix] = metric.ordered_ranks()
         metric.reset()
         self.last_metrics[prefix] = values
         for name, value in values.items():
