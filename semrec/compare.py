@@ -233,6 +233,8 @@ def summarize(
             for name in baselines:
                 if name in per_user.methods:
                     ranks.setdefault(name, {})[cell.seed] = _renamed(per_user, name, name)
+    order = [row.label for row in rows] + baselines  # rows first, then the baselines
+    summary.values = {m: summary.values[m] for m in order if m in summary.values}
     if baselines:
         summary.notes.append(
             f"Baselines ({', '.join(baselines)}) are from the runs of {first!r}; every row "

@@ -228,7 +228,13 @@ def load_amazon(
     if ds.num_interactions == 0:
         raise DataError(
             f"no interactions left after preprocessing ({read} read; dedup: {dedup}, "
-            f"missing_meta: {missing_meta}, kcore: {kcore}); lower kcore",
+            f"missing_meta: {missing_meta}, kcore: {kcore}); lower kcore"
+            + (
+                f", or check that {meta_path.name} describes these items (missing_meta: keep "
+                "keeps items without metadata)"
+                if missing_meta == "drop"
+                else ""
+            ),
             source=review_path,
         )
     if missing_meta == "keep":  # only the items the k-core kept: less text held in memory
