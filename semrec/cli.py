@@ -1,4 +1,4 @@
-"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items|compare|convert ...``."""
+"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items|export|compare|convert``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ EPILOG = """examples:
   semrec predict --run runs/meituan_ml100k --k 20            # pre-cache every user's top 20
   semrec predict --run runs/meituan_ml100k --k 10 --users 196,186
   semrec add-items --run runs/meituan_ml100k --items new_items.json
+  semrec export --run runs/quickstart --out exports/quickstart [--merge]
   semrec compare --config experiments/tiny.yaml --sweep items.tokenizer.name=rqkmeans,random_ids \\
       --seeds 0,1 --out runs/compare_tiny
   semrec convert --from amazon2018 --path data/amazon --name Beauty --to lcrec_json --out data/beauty
@@ -105,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_items.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     add_items.add_argument("--items", required=True, help="JSON list of new item records")
+    export = add(
+        "export",
+        "write a finished run as a directory semrec.load_recommender serves from (adapter or "
+        "merged/full model, tokenizer, SID table, trie, semrec.json); overrides may change "
+        "evaluation keys (eval.num_beams, ...) only",
+        needs_config=False,
+    )
+    export.add_argument("--run", required=True, help="run directory written by `semrec fit`")
+    export.add_argument(
+        "--out", required=True, help="new or empty directory, or a previous export (replaced)"
+    )
+    export.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the LoRA adapter into the backbone and save the full model",
+    )
     compare = commands.add_parser(
         "compare",
         help="run configs (or one config with sweeps) over seeds; write a table, CSV and plot",
@@ -312,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             from semrec.serving.new_items import add_items
 
             add_items(_stored_run(Path(args.run), args.overrides), args.items)
+            return 0
+        if args.command == "export":
+            from semrec.serving.export import export_run
+
+            export_run(_stored_run(Path(args.run), args.overrides), args.out, merge=args.merge)
             return 0
         if args.command == "compare":
             from semrec.compare import compare

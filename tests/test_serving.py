@@ -195,7 +195,7 @@ def test_users_left_short_by_excluded_items_are_searched_again_with_more_beams()
     import torch
 
     from semrec.decoding.beam_search import DecodeResult
-    from semrec.serving.predict import _top_k
+    from semrec.serving.predict import top_k_with_retries
 
     calls = []
 
@@ -211,9 +211,9 @@ def test_users_left_short_by_excluded_items_are_searched_again_with_more_beams()
         return DecodeResult(items, scores, valid)
 
     inputs = {"input_ids": torch.tensor([[0], [1]]), "attention_mask": torch.ones(2, 1)}
-    items, scores, valid = _top_k(search, 20, 1682, inputs, None, 10)
+    items, scores, valid = top_k_with_retries(search, 20, 1682, inputs, None, 10)
     assert valid.sum(dim=1).tolist() == [10, 10]
     assert calls == [(20, [0, 1]), (40, [0])]  # only the short user again, twice the beams
     calls.clear()
-    _, _, valid = _top_k(search, 20, 30, inputs, None, 10)  # capped at the catalogue
+    _, _, valid = top_k_with_retries(search, 20, 30, inputs, None, 10)  # capped at the catalogue
     assert calls == [(20, [0, 1]), (30, [0])] and valid.sum(dim=1).tolist() == [7, 10]

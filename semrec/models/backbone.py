@@ -199,6 +199,19 @@ def random_llama(
     return model
 
 
+def without_residual_dropout(model: PreTrainedModel) -> PreTrainedModel:
+    """Undo :func:`random_llama`'s residual-dropout wrappers in place (inference is
+    unchanged: dropout is off in eval mode), so the weights have plain LLaMA names again
+    and ``AutoModelForCausalLM.from_pretrained`` loads what ``save_pretrained`` writes."""
+    for layer in getattr(getattr(model, "model", None), "layers", []):
+        attention = layer.self_attn
+        if isinstance(attention.o_proj, torch.nn.Sequential):
+            attention.o_proj = attention.o_proj[0]
+        if isinstance(layer.mlp, torch.nn.Sequential):
+            layer.mlp = layer.mlp[0]
+    return model
+
+
 SEPARATOR = "<sep>"
 
 
@@ -327,6 +340,7 @@ __all__ = [
     "scratch_backbone",
     "tiny_llama",
     "tiny_tokenizer",
+    "without_residual_dropout",
 ]
 
 

@@ -117,7 +117,9 @@ def predict_top_k(
             inputs = datamodule.training.collate_prompts(datamodule.training.eval_prompts(examples))
             exclude = _seen(sequences, batch_users) if exclude_seen else None
             with torch.no_grad():
-                items, scores, valid = _top_k(search, num_beams, len(item_ids), inputs, exclude, k)
+                items, scores, valid = top_k_with_retries(
+                    search, num_beams, len(item_ids), inputs, exclude, k
+                )
             records = []
             for row, user in enumerate(batch_users):
                 keep = valid[row]
@@ -141,7 +143,7 @@ def predict_top_k(
     return summary
 
 
-def _top_k(search, beams: int, catalogue: int, inputs: dict, exclude, k: int):
+def top_k_with_retries(search, beams: int, catalogue: int, inputs: dict, exclude, k: int):
     """Beam search; users left with fewer than ``k`` items (their beams ran into excluded
     items) are searched again with twice the beams, up to the catalogue size."""
     result = search(beams, inputs, exclude)
