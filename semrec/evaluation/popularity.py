@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from semrec.data.split import Example, Split
-from semrec.evaluation.metrics import TopKRankingMetrics
+from semrec.evaluation.metrics import evaluate_ranked
 
 
 def popularity_ranking(split: Split, k: int) -> torch.Tensor:
@@ -45,7 +45,6 @@ def evaluate_popularity(
 
     ``exclude[i]`` (``eval.mask_history``) are items left out of example ``i``'s list.
     """
-    metric = TopKRankingMetrics(ks, split.num_items)
     targets = torch.tensor([ex.target for ex in examples], dtype=torch.long)
-    metric.update(popularity_lists(split, len(examples), max(ks), exclude), targets)
-    return metric.compute()
+    ranked = popularity_lists(split, len(examples), max(ks), exclude)
+    return evaluate_ranked(ranked, targets, ks, split.num_items)[0]
