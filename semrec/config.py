@@ -230,6 +230,14 @@ class TrainConfig(_Section):
     # `semrec fit --resume`, under run_dir/checkpoints/: every this many optimizer steps and
     # at each validation (null: only at validations)
     checkpoint_every_n_steps: int | None = Field(200, ge=1)
+    # Lightning's hardware and strategy, passed through unchanged (see README, "More than
+    # one GPU"): accelerator auto|cpu|gpu|..., strategy auto|ddp|fsdp|deepspeed_stage_2|...,
+    # devices per node (an int, a list of device ids, or auto) and nodes. batch_size stays
+    # per process: a step of N processes trains on N * batch_size examples.
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: int | list[int] | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
     joint: JointConfig = JointConfig()
 
     @field_validator("precision", mode="before")
@@ -560,6 +568,11 @@ TRAINING_KEYS = (
 MODEL_KEYS = tuple(key for key in TRAINING_KEYS if not key.startswith("eval."))
 NOT_TRAINING = (
     "train.num_threads",
+    # where a run trains, not what it learns: a run may be evaluated on other hardware
+    "train.accelerator",
+    "train.strategy",
+    "train.devices",
+    "train.num_nodes",
     "train.log_every_n_steps",
     "train.progress_bar",
     "train.checkpoint_every_n_steps",

@@ -19,6 +19,9 @@ fingerprint is unchanged, and writes everything to a run directory
       metrics.md         the table printed at the end
 
 Every file is written atomically, so a failing stage leaves the previous state intact.
+In a multi-process run (``train.devices`` > 1, or torchrun) only the process of global rank
+zero writes; the others compute the same stages in memory, train and evaluate their share,
+and leave the baselines and the report to rank zero.
 A read-only run (``semrec test``) writes nothing but its outputs (metrics.json, metrics.md,
 ranks.json, token_understanding.json) and refuses when the stored stages do not match its
 config.
@@ -46,6 +49,7 @@ from semrec.config import (
 from semrec.config import config_section as section
 from semrec.data.datamodule import GenRecDataModule
 from semrec.data.sid_placeholders import SIDPlaceholders
+from semrec.distributed import is_rank_zero
 from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks
 from semrec.evaluation.report import metrics_table, report_notes
 from semrec.factories import decoding, joint, training
@@ -79,7 +83,9 @@ class Run(RunTokenizers):
         self.config = config
         self.directory = RunDirectory(run_dir if run_dir is not None else config.resolved_run_dir())
         self.run_dir = self.directory.path
-        self.echo = echo
+        #: the process that writes the run directory (see semrec.distributed)
+        self.rank_zero = is_rank_zero()
+        self.echo = echo if self.rank_zero else _silent
         self.read_only = read_only
         self.callbacks = list(callbacks)
         # stages are fingerprinted with the config they were made with; a read-only run
@@ -107,7 +113,8 @@ class Run(RunTokenizers):
     def write_config(self) -> None:
         if self.read_only:
             raise RunError(f"internal: a read-only run tried to write {self.run_dir}/config.yaml")
-        self.directory.write_config(self.config)
+        if self.rank_zero:
+            self.directory.write_config(self.config)
 
     # ------------------------------------------------------------------ data and items
 
@@ -176,7 +183,7 @@ class Run(RunTokenizers):
             parsed, _ = self.annotation_source.cached_token_semantics()
         except MissingAnnotations as err:
             raise RunError(str(err)) from None
-        if not self.read_only:
+        if not self.read_only and self.rank_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(
                 self.run_dir / "token_semantics.json",
@@ -345,14 +352,16 @@ class Run(RunTokenizers):
                 "affects training was overridden, or training never finished); run `semrec fit`"
             )
         checkpoints = self.directory.checkpoints
-        if resume_from is None and checkpoints.exists():
-            shutil.rmtree(checkpoints)  # a new training: old checkpoints belong to another one
-        self.write_config()
-        with atomic_dir(self.run_dir / "hf_tokenizer") as tmp:
-            hf_tokenizer.save_pretrained(tmp)
+        if self.rank_zero:
+            if resume_from is None and checkpoints.exists():
+                shutil.rmtree(checkpoints)  # a new training: old checkpoints are another's
+            self.write_config()
+            with atomic_dir(self.run_dir / "hf_tokenizer") as tmp:
+                hf_tokenizer.save_pretrained(tmp)
         if cfg.train.epochs == 0 or cfg.train.max_steps == 0:
-            BestAdapterCheckpoint(adapter_dir, None, self.dynamic_tokenizers).save(model)
-            self.directory.mark_stage("train", fingerprint)
+            if self.rank_zero:
+                BestAdapterCheckpoint(adapter_dir, None, self.dynamic_tokenizers).save(model)
+                self.directory.mark_stage("train", fingerprint)
             self.echo("[train] skipped (train.epochs: 0): evaluating the untrained model")
             return module, datamodule, hf_tokenizer
 
@@ -371,6 +380,12 @@ class Run(RunTokenizers):
         )
         callbacks = training.fit_callbacks(cfg, best, checkpoints, self.echo, self.callbacks)
         trainer = training.fit_trainer(cfg, self.run_dir, callbacks)
+        if joint_trainer is not None and trainer.world_size > 1:
+            raise NotImplementedError(
+                f"a tokenizer trained with the LLM ({', '.join(self.dynamic_tokenizers)}) "
+                f"on {trainer.world_size} processes: each would refresh its own codes; "
+                "train it on one device (train.devices: 1)"
+            )
         start = time.perf_counter()
         with hide_known_warnings():
             trainer.fit(
@@ -379,14 +394,17 @@ class Run(RunTokenizers):
                 ckpt_path=str(resume_from) if resume_from is not None else None,
             )
         self._timed("train", start)
-        self.plot_training_curves()
-        if not best.saved:
-            best.save(model)  # no validation ran: keep the final weights
+        if self.rank_zero:
+            self.plot_training_curves()
+            if not best.saved:
+                best.save(model)  # no validation ran: keep the final weights
+            if best.best_metrics is not None:
+                write_json(self.run_dir / "valid_metrics.json", best.best_metrics)
+            self.directory.mark_stage("train", fingerprint)
+        # every process evaluates the weights rank zero saved
+        trainer.strategy.barrier("semrec: adapter saved")
         load_trained_weights(model, adapter_dir)
         load_trained_tokenizers(self.dynamic_tokenizers, adapter_dir)
-        if best.best_metrics is not None:
-            write_json(self.run_dir / "valid_metrics.json", best.best_metrics)
-        self.directory.mark_stage("train", fingerprint)
         return module, datamodule, hf_tokenizer
 
     def plot_training_curves(self) -> None:
@@ -434,10 +452,12 @@ class Run(RunTokenizers):
         module, datamodule, trained_tokenizer = trained or self.train(allow_training=False)
         start = time.perf_counter()
         with hide_known_warnings():
-            training.test_trainer(self.config).test(
-                module, dataloaders=datamodule.test_dataloader(), verbose=False
-            )
+            # each process of a multi-process run evaluates its share of the test users;
+            # the metrics and per-user ranks are gathered over all of them
+            training.test_trainer(self.config).test(module, datamodule=datamodule, verbose=False)
         self._timed("test", start)
+        if not self.rank_zero:
+            return {}
         metrics: dict[str, float] = {}
         for part in ("test", "test_beam", "test_subset"):
             for name, value in module.last_metrics.get(part, {}).items():
@@ -551,11 +571,16 @@ class Run(RunTokenizers):
         self.echo(f"[run] {self.config.name} -> {self.run_dir}")
         self.echo(self.tokenizer_report())
         metrics = self.test(self.train(resume_from=resume_from))
+        if not self.rank_zero:
+            return metrics  # rank zero writes the report
         self._timed("total", wall)
         self.write_config()
         return self.write_report(metrics)
 
     def write_report(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """metrics.json, ranks.json and metrics.md (rank zero only); returns the metrics."""
+        if not self.rank_zero:
+            return metrics
         split = self.data.split
         notes = report_notes(metrics, self.config, len(split.test), len(split.train))
         metrics.update({f"time/{name}_s": seconds for name, seconds in self.timings.items()})
@@ -567,3 +592,7 @@ class Run(RunTokenizers):
             fh.write(table + "\n")
         self.echo(table)
         return metrics
+
+
+def _silent(_: str) -> None:
+    """The echo of processes other than rank zero (one process reports)."""

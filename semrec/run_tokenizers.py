@@ -65,11 +65,20 @@ class RunTokenizers:
                 "run `semrec fit` first"
             )
         tokenizer = fit()
+        self._save_stage(stage, tokenizer, fingerprint)
+        return tokenizer
+
+    def _save_stage(self, stage: str, tokenizer: ItemTokenizer, fingerprint: str) -> None:
+        """Write a fitted tokenizer to ``run_dir/stage`` and mark the stage done (in the
+        process of global rank zero only: the others of a multi-process run fit the same
+        tokenizer from the same seed and keep it in memory)."""
+        if not self.rank_zero:
+            return
+        directory = self.run_dir / stage
         tokenizer.save(directory)
         write_json(directory / "stats.json", tokenizer.stats())
         self.write_config()
         self.directory.mark_stage(stage, fingerprint)
-        return tokenizer
 
     def _seed_for(self, cfg: TokenizerConfig) -> int | None:
         """The tokenizer's own ``seed`` param wins; otherwise the run seed."""
@@ -202,10 +211,7 @@ class RunTokenizers:
             inputs = self._dynamic_inputs(name, model, hf_tokenizer)
             joint.initialize(tokenizer, inputs, model, hf_tokenizer, self.config, self.echo, name)
             self._timed(f"warm_up_{name}", start)
-            tokenizer.save(self.run_dir / stage)
-            write_json(self.run_dir / stage / "stats.json", tokenizer.stats())
-            self.write_config()
-            self.directory.mark_stage(stage, self.dynamic_fingerprint(stage))
+            self._save_stage(stage, tokenizer, self.dynamic_fingerprint(stage))
         recompute = self.config.train.joint.recompute_inputs_every_n_steps
         texts = (
             self.joint_texts()

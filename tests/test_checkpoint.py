@@ -153,7 +153,12 @@ def test_failing_save_leaves_the_previous_checkpoint_intact(trained, monkeypatch
 
 def fake_trainer(value: float | None, sanity_checking: bool = False) -> SimpleNamespace:
     metrics = {} if value is None else {"val/ndcg@10": torch.tensor(value)}
-    return SimpleNamespace(callback_metrics=metrics, sanity_checking=sanity_checking, global_step=7)
+    return SimpleNamespace(
+        callback_metrics=metrics,
+        sanity_checking=sanity_checking,
+        global_step=7,
+        is_global_zero=True,
+    )
 
 
 def test_best_adapter_checkpoint_saves_only_on_improvement(tmp_path: Path) -> None:

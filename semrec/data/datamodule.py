@@ -5,6 +5,11 @@ What the model trains on comes from a :class:`TrainingData` source passed in:
 text formats) or :class:`~semrec.data.compact.CompactSequences` (bare SID tokens). The
 module shuffles each epoch's items and, with ``bucket_by_length``, groups items of similar
 length into batches (less padding); every item is in exactly one batch per epoch.
+
+Under a multi-process strategy (DDP, FSDP, DeepSpeed) each process takes its share of
+every global batch and of the evaluation users itself (the Trainer runs with
+``use_distributed_sampler=False``): every training item is still seen once per epoch
+overall, and every evaluation user once, with no padding duplicates to skew the metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from semrec.data.split import Example, Split
+from semrec.distributed import shard, shard_batches
 
 
 class TrainingData(Protocol):
@@ -153,15 +159,27 @@ class GenRecDataModule(L.LightningDataModule):
         self.valid_examples = subsample_examples(split.valid, max_valid_users, seed)
         self.test_examples = subsample_examples(split.test, max_test_users, seed + 1)
 
+    def process_rank(self) -> tuple[int, int]:
+        """(global rank, number of processes) of the attached Trainer; (0, 1) without one."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The batches (indices into ``training.epoch_items(epoch)``) of one epoch."""
+        """This process's batches (indices into ``training.epoch_items(epoch)``) of one epoch.
+
+        The epoch is cut into global batches of ``batch_size`` items per process, and each
+        process takes its part of every one (:func:`~semrec.distributed.shard_batches`).
+        """
         items = self.training.epoch_items(epoch)
-        return epoch_batches(
+        rank, world = self.process_rank()
+        batches = epoch_batches(
             [self.training.length(item) for item in items],
-            self.batch_size,
+            self.batch_size * world,
             self.seed * 1_000_003 + epoch,
             bucket_by_length=self.bucket_by_length,
         )
+        return shard_batches(batches, rank, world)
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
@@ -198,8 +216,10 @@ class GenRecDataModule(L.LightningDataModule):
             (ids, ex.target, banned, None if candidates is None else candidates[row], row)
             for row, (ids, ex, banned) in enumerate(zip(prompts, examples, exclude))
         ]
-        # Similar lengths together: less padding in each batched beam search.
+        # Similar lengths together: less padding in each batched beam search; each process
+        # takes every world-th prompt (``rows`` keep their place in the whole list)
         encoded.sort(key=lambda row: len(row[0]))
+        encoded = shard(encoded, *self.process_rank())
         return DataLoader(
             encoded, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate_eval
         )

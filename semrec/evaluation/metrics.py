@@ -55,8 +55,11 @@ class TopKRankingMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, ks: list[int], num_items: int) -> None:
-        super().__init__()
+    def __init__(self, ks: list[int], num_items: int, *, gather: bool = False) -> None:
+        """``gather``: :meth:`compute` and :meth:`ordered_ranks` cover the lists of every
+        process of a multi-process run (the LightningModule's metrics); off, a metric covers
+        what this process added (e.g. a baseline ranked by rank zero alone)."""
+        super().__init__(sync_on_compute=gather)
         self.ks = sorted(ks)
         self.num_items = num_items
         self.add_state("ranks", default=[], dist_reduce_fx="cat")
@@ -82,7 +85,9 @@ class TopKRankingMetrics(Metric):
         self.seen[top[valid]] = True
 
     def compute(self) -> dict[str, float]:
-        ranks = torch.cat(self.ranks) if self.ranks else torch.empty(0)
+        # in rows order: the same sums (to the last bit) however the examples were batched
+        # or split across processes
+        ranks = self._ranks_in_order()
         out = ranking_metrics(ranks, self.ks)
         out["invalid_rate"] = (self.invalid / self.slots.clamp(min=1)).item()
         out["coverage"] = self.seen.float().mean().item()
@@ -91,12 +96,27 @@ class TopKRankingMetrics(Metric):
 
     def ordered_ranks(self) -> torch.Tensor:
         """Every example's target rank (``inf``: not in the top ``max(ks)``), in ``rows``
-        order when every batch gave its rows, else in update order. Call before ``reset``."""
-        ranks = torch.cat(self.ranks) if self.ranks else torch.empty(0)
-        rows = torch.cat(self.rows) if self.rows else torch.empty(0, dtype=torch.long)
+        order when every batch gave its rows, else in update order. Call before ``reset``.
+
+        In a multi-process run the ranks of all processes are gathered first (as
+        :meth:`compute` does), so every process returns the whole evaluation's ranks.
+        """
+        with self.sync_context(should_sync=self.sync_on_compute):
+            return self._ranks_in_order()
+
+    def _ranks_in_order(self) -> torch.Tensor:
+        ranks = _concatenated(self.ranks, torch.float32)
+        rows = _concatenated(self.rows, torch.long)
         if rows.numel() != ranks.numel():
             return ranks
         return ranks[torch.argsort(rows)]
+
+
+def _concatenated(state: list[torch.Tensor] | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``cat`` state as one tensor: a list of batches, or the tensor a sync gathered."""
+    if isinstance(state, torch.Tensor):
+        return state
+    return torch.cat(state) if state else torch.empty(0, dtype=dtype)
 
 
 def evaluate_ranked(

@@ -190,6 +190,49 @@ def fit_callbacks(
     return [*callbacks, *extra]
 
 
+#: Lightning strategies that split the parameters across processes: no process holds the
+#: whole model, which the best-adapter checkpoint and the beam search need
+SHARDING_STRATEGIES = ("fsdp", "deepspeed_stage_3")
+
+
+def hardware(train: TrainConfig) -> dict[str, Any]:
+    """``train.accelerator/strategy/devices/num_nodes`` as Trainer arguments.
+
+    Each process takes its own share of the data (:class:`GenRecDataModule`), so Lightning
+    must not add a ``DistributedSampler``. Strategies that keep whole weights in every
+    process (DDP, DeepSpeed ZeRO stages 1-2) are supported; parameter-sharding ones (FSDP,
+    ZeRO-3) are refused, since semrec saves and decodes with whole weights.
+    """
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategy = train.strategy
+    if strategy != "auto" and strategy not in StrategyRegistry:
+        known = ", ".join(sorted(StrategyRegistry.available_strategies()))
+        raise RunError(
+            f"train.strategy: unknown Lightning strategy {strategy!r} (known: auto, {known})"
+        )
+    if strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        raise RunError(
+            f"train.strategy: {strategy!r} runs training in new processes whose results "
+            "(metrics, ranks) never reach this one; use 'ddp' (Lightning starts one process "
+            "per device running the same command) or launch with torchrun"
+        )
+    if strategy.startswith(SHARDING_STRATEGIES):
+        raise NotImplementedError(
+            f"train.strategy: {strategy!r} shards the parameters across processes, and "
+            "semrec's best-adapter checkpoint and beam search read whole weights in each "
+            "process; use 'ddp' or 'deepspeed_stage_2' (with QLoRA or bf16 for large "
+            "backbones; see the README, More than one GPU)"
+        )
+    return {
+        "accelerator": train.accelerator,
+        "strategy": strategy,
+        "devices": train.devices,
+        "num_nodes": train.num_nodes,
+        "use_distributed_sampler": False,
+    }
+
+
 def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
     """The training ``lightning.Trainer``: CSV and TensorBoard logs in ``run_dir``."""
     import lightning as L
@@ -198,8 +241,7 @@ def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
 
     train = config.train
     return L.Trainer(
-        accelerator="auto",
-        devices=1,
+        **hardware(train),
         max_epochs=train.epochs,
         max_steps=train.max_steps,
         precision=resolve_precision(train),
@@ -226,9 +268,12 @@ def test_trainer(config: ExperimentConfig):
     """The evaluation ``lightning.Trainer`` (no logger, no checkpoints)."""
     import lightning as L
 
+    settings = hardware(config.train)
+    if settings["strategy"].startswith("deepspeed"):
+        # ZeRO shards optimizer state, which evaluation has none of: plain data parallel
+        settings["strategy"] = "ddp"
     return L.Trainer(
-        accelerator="auto",
-        devices=1,
+        **settings,
         # the decoder applies eval.precision itself; a bf16 Trainer would autocast it
         precision="bf16-true" if resolve_precision(config.train) == "bf16-true" else "32",
         logger=False,

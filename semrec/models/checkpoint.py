@@ -131,6 +131,7 @@ class BestAdapterCheckpoint(L.Callback):
         self.saved = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # every process sees the same (gathered) metrics; only global rank zero writes
         if self.monitor is None or trainer.sanity_checking:
             return
         value = trainer.callback_metrics.get(self.monitor)
@@ -143,7 +144,10 @@ class BestAdapterCheckpoint(L.Callback):
         if self.best is None or value > self.best:
             self.best = value
             self.best_metrics = dict(getattr(pl_module, "last_metrics", {}).get("val", {}))
-            self.save(pl_module.model, {self.monitor: value, "step": trainer.global_step})
+            if trainer.is_global_zero:
+                self.save(pl_module.model, {self.monitor: value, "step": trainer.global_step})
+            else:
+                self.saved = True  # by rank zero
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_metrics": self.best_metrics, "saved": self.saved}

@@ -87,13 +87,13 @@ class GenRecModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
-        self.val_metrics = TopKRankingMetrics(self.ks, trie.num_items)
-        self.test_metrics = TopKRankingMetrics(self.ks, trie.num_items)
-        self.test_beam_metrics = TopKRankingMetrics(self.ks, trie.num_items)
+        self.val_metrics = TopKRankingMetrics(self.ks, trie.num_items, gather=True)
+        self.test_metrics = TopKRankingMetrics(self.ks, trie.num_items, gather=True)
+        self.test_beam_metrics = TopKRankingMetrics(self.ks, trie.num_items, gather=True)
         self.subset_metrics = nn.ModuleDict(
             {
-                "val_subset": TopKRankingMetrics(self.ks, trie.num_items),
-                "test_subset": TopKRankingMetrics(self.ks, trie.num_items),
+                "val_subset": TopKRankingMetrics(self.ks, trie.num_items, gather=True),
+                "test_subset": TopKRankingMetrics(self.ks, trie.num_items, gather=True),
             }
         )
         self.last_metrics: dict[str, dict[str, float]] = {}
@@ -130,7 +130,12 @@ class GenRecModule(L.LightningModule):
                     self.log(f"joint/{name}", value, batch_size=size)
             loss = loss + parts["total"]
         self.log(
-            "train/response_tokens", tokens.float(), reduce_fx="sum", on_step=False, on_epoch=True
+            "train/response_tokens",
+            tokens.float(),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
         )
         return loss
 
@@ -288,9 +293,16 @@ class GenRecModule(L.LightningModule):
         self.last_ranks[prefix] = metric.ordered_ranks()
         metric.reset()
         self.last_metrics[prefix] = values
+        # the values are already gathered over all processes (torchmetrics syncs in
+        # compute); sync_dist only tells Lightning so, and averages equal numbers
         for name, value in values.items():
             if name != "users":
-                self.log(f"{prefix}/{name}", value, prog_bar=name == f"ndcg@{max(self.ks)}")
+                self.log(
+                    f"{prefix}/{name}",
+                    value,
+                    prog_bar=name == f"ndcg@{max(self.ks)}",
+                    sync_dist=True,
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import torch
 
 from semrec.data.batching import IGNORE_INDEX
 
@@ -37,15 +38,15 @@ class TrainingSpeed(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
-        rates = {
-            "train/examples_per_s": self._examples / seconds,
-            "train/tokens_per_s": self._tokens / seconds,
-        }
-        pl_module.log_dict(rates)
+        # the counts of all processes (a multi-process run); the rates are per run
+        counts = torch.tensor([self._examples, self._tokens, self._labelled], dtype=torch.float64)
+        examples, tokens, labelled = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        rates = {"train/examples_per_s": examples / seconds, "train/tokens_per_s": tokens / seconds}
+        pl_module.log_dict(rates, sync_dist=True)
         if self.echo is not None:
             self.echo(
-                f"[train] epoch {trainer.current_epoch + 1}: {self._examples} examples in "
+                f"[train] epoch {trainer.current_epoch + 1}: {examples:.0f} examples in "
                 f"{seconds:.1f} s ({rates['train/examples_per_s']:.0f} examples/s, "
                 f"{rates['train/tokens_per_s']:.0f} tokens/s, "
-                f"{self._labelled / seconds:.0f} labelled tokens/s)"
+                f"{labelled / seconds:.0f} labelled tokens/s)"
             )
