@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``slow``, ``demo``, ``lint``, ``bench``,
-``bench_training``, ``bench_joint``, ``bench_cf``, ``lock``,
+``bench_training``, ``bench_joint``, ``bench_cf``, ``bench_scale``, ``bench_serve``, ``lock``,
 ``tests_latest``.
 
 Every session installs the same environment (``_install``): the CPU build of torch first
@@ -128,6 +128,22 @@ def bench_cf(session: nox.Session) -> None:
     """In-framework SASRec / GRU4Rec / popularity on ml-100k vs RecBole's numbers (JSON)."""
     _install(session)
     session.run("python", "benchmarks/cf_ml100k.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def bench_scale(session: nox.Session) -> None:
+    """RQ-KMeans fit, SID trie and beam search at 10k / 100k / 1M items (JSON per size; ~15-20
+    min on one thread, almost all the 1M fit). ``-- --sizes 10000,100000``: ~1.5 min."""
+    _install(session)
+    session.run("python", "benchmarks/scale.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def bench_serve(session: nox.Session) -> None:
+    """`semrec serve` under load on loopback: cache hits and micro-batched live decoding of
+    the tiny export vs direct ``recommend`` calls (JSON lines; under a minute on 2 cores)."""
+    _install(session)
+    session.run("python", "benchmarks/serve_load.py", *session.posargs, env=OFFLINE)
 
 
 @nox.session

@@ -7,9 +7,14 @@ per (catalog, case):
   ``generate(num_beams=20, prefix_allowed_tokens_fn=...)`` walking a Python dict trie;
   generate() copies every prompt once per beam and prefills all copies;
 - ``semrec``: :class:`semrec.decoding.ConstrainedBeamSearch`, ``score_mode="full_vocab"``
-  (generate()'s score with ``length_penalty=0``, so the top-10 lists must be identical);
-- ``lower_bound``: only the model calls the semrec decoder needs: one prefill per prompt,
-  one copy of its KV cache per beam, then one batched forward per further SID level;
+  (generate()'s score with ``length_penalty=0``, so the top-10 lists must be identical),
+  each prompt's KV cache shared by its beams;
+- ``semrec_copied_cache``: the same decoder with ``share_prompt_cache=False`` (the prompt's
+  cache copied to every beam, as before the sharing): same top-10, its memory per prompt
+  beside ``semrec``'s (``cache_memory_per_prompt_mb`` on the ``semrec`` line);
+- ``lower_bound``: only the model calls the semrec decoder needed before it shared the
+  prompt cache: one prefill per prompt, one copy of its KV cache per beam, then one batched
+  forward per further SID level (the shared cache makes ``semrec`` cheaper than this);
 - ``semrec_sid_rows``: the decoder with ``score_mode="renormalized", sid_rows_only=True``
   (a different score, so no top-10 comparison; shown for its cost);
 - ``exact`` (only with ``--exact``; slow): :class:`semrec.decoding.ExactRanker`, every item
@@ -62,7 +67,14 @@ from semrec.decoding.model_calls import (  # noqa: E402
 
 LEVELS, CODES = 4, 256
 CATALOG_SIZES = {"synthetic-10k": 10_000, "ml-100k-size": 1_682}
-CASES = ("lower_bound", "semrec", "semrec_sid_rows", "generate_dict_trie", "exact")
+CASES = (
+    "lower_bound",
+    "semrec",
+    "semrec_copied_cache",
+    "semrec_sid_rows",
+    "generate_dict_trie",
+    "exact",
+)
 
 
 # ---------------------------------------------------------------------------- setup
@@ -381,6 +393,8 @@ def run_case(args: argparse.Namespace, catalog: str, case: str) -> dict:
             return lower_bound(model, ids, mask, beams, trie.max_depth, sequences[0, 1:, None])
         if case == "semrec":
             return semrec_decoder(model, trie, ids, mask, beams, top_k)
+        if case == "semrec_copied_cache":
+            return semrec_decoder(model, trie, ids, mask, beams, top_k, share_prompt_cache=False)
         if case == "exact":
             ranked = ExactRanker().top_k(model, exact_trie, ids, mask, top_k)
             return ranked.items, ranked.scores
@@ -459,6 +473,16 @@ def summarize_catalog(catalog: str, runs: dict[str, list[dict]], args, repeats: 
             float((scores - base_scores).abs().max()), 6
         )
         stats["generate_dict_trie"]["invalid_items"] = int((base_items < 0).sum())
+    if "semrec_copied_cache" in runs:  # the prompt cache shared by the beams, or copied
+        copied = stats["semrec_copied_cache"]
+        copied_items = torch.tensor(runs["semrec_copied_cache"][-1]["top_items"])
+        same, total = identical_lists(items, copied_items)
+        semrec["prompts_with_top10_equal_to_copied_cache"] = f"{same}/{total}"
+        semrec["cache_memory_per_prompt_mb"] = {
+            "shared": round(semrec["peak_rss_delta_mb"] / args.prompts, 2),
+            "copied": round(copied["peak_rss_delta_mb"] / args.prompts, 2),
+        }
+        semrec["speedup_vs_copied_cache"] = round(copied["wall_s"] / semrec["wall_s"], 2)
     if "exact" in runs:  # does the beam find the exact top-10?
         exact_items = torch.tensor(runs["exact"][-1]["top_items"])
         exact_scores = torch.tensor(runs["exact"][-1]["top_scores"])

@@ -1,4 +1,4 @@
-"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items|export|compare|convert``."""
+"""Command line: ``semrec fit|test|tokenize|annotate|predict|add-items|export|serve|compare|convert``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ EPILOG = """examples:
   semrec test --run runs/quickstart eval.max_test_users=null eval.exact_ranking=true
   semrec predict --run runs/meituan_ml100k --k 20            # pre-cache every user's top 20
   semrec predict --run runs/meituan_ml100k --k 10 --users 196,186
+  semrec predict --run runs/meituan_ml100k --k 20 --workers 2  # 2 processes, one file
+  torchrun --nproc-per-node 4 -m semrec.cli predict --run runs/x --k 20 --shard auto
   semrec add-items --run runs/meituan_ml100k --items new_items.json
   semrec export --run runs/quickstart --out exports/quickstart [--merge]
+  semrec serve --dir exports/quickstart --cache runs/quickstart/predictions/top20.jsonl --port 8000
   semrec compare --config experiments/tiny.yaml --sweep items.tokenizer.name=rqkmeans,random_ids \\
       --seeds 0,1 --out runs/compare_tiny
   semrec convert --from amazon2018 --path data/amazon --name Beauty --to lcrec_json --out data/beauty
@@ -98,6 +101,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow items the user already interacted with (excluded by default)",
     )
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="predict in this many processes side by side (shards of the users, merged into "
+        "one file; each gets cores/N threads)",
+    )
+    predict.add_argument(
+        "--shard",
+        type=_shard,
+        help="I/N: only shard I of N (0-based) into <output>.shard-I-of-N.jsonl; 'auto' "
+        "takes RANK/WORLD_SIZE from torchrun, and rank 0 merges the shards at the end",
+    )
+    predict.add_argument("--device", help="where the model decodes, e.g. cuda:0 (default: cpu)")
     add_items = add(
         "add-items",
         "give new items SIDs from the trained tokenizer (no retraining) so that a trained "
@@ -121,6 +138,28 @@ def _parser() -> argparse.ArgumentParser:
         "--merge",
         action="store_true",
         help="merge the LoRA adapter into the backbone and save the full model",
+    )
+    serve = commands.add_parser(
+        "serve",
+        help="serve a `semrec export` over HTTP: POST /recommend (cached users, live "
+        "histories decoded in micro-batches), GET /health; needs semrec[serve]",
+        description="Serve a `semrec export` directory as an HTTP JSON service (FastAPI + "
+        'uvicorn): POST /recommend with {"user": ID} answers from the --cache file, with '
+        '{"history": [item ids]} by live decoding, batched over concurrent requests; '
+        "GET /health.",
+    )
+    serve.add_argument("--dir", required=True, help="directory written by `semrec export`")
+    serve.add_argument("--cache", help="top-K file written by `semrec predict` (JSONL or Parquet)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-batch", type=int, default=16, help="live requests per beam search (default 16)"
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a live request waits for batch-mates (default 5 ms)",
     )
     compare = commands.add_parser(
         "compare",
@@ -177,6 +216,75 @@ def _parser() -> argparse.ArgumentParser:
         "--max-history", type=int, help="minionerec_csv: history items kept per row (default 20)"
     )
     return parser
+
+
+def _shard(text: str) -> tuple[int, int] | str:
+    if text == "auto":
+        return text
+    try:
+        shard, shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N such as 0/4, or auto") from None
+    if not 0 <= shard < shards:
+        raise argparse.ArgumentTypeError(f"{text!r}: needs 0 <= I < N")
+    return shard, shards
+
+
+def predict(args: argparse.Namespace) -> None:
+    """``semrec predict``: one process, ``--workers`` processes, or one shard (``--shard``)."""
+    from semrec.serving.predict import merge_predictions, predict_in_workers, predict_top_k
+
+    run = _stored_run(Path(args.run), args.overrides)
+    request = {
+        "k": args.k,
+        "users": _requested_users(args),
+        "output": args.output,
+        "exclude_seen": not args.keep_seen,
+    }
+    if args.workers > 1:
+        if args.shard is not None:
+            raise ValueError("--workers and --shard exclude each other")
+
+        def worker(shard: int, shards: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "semrec.cli",
+                *args.argv,
+                "--workers",
+                "1",
+                "--shard",
+                f"{shard}/{shards}",
+            ]
+
+        path = predict_in_workers(run, args.workers, worker, **request)
+        print(f"[predict] merged {args.workers} shards into {path}")
+        return
+    options = {"batch_size": args.batch_size, "device": args.device}
+    if args.shard != "auto":
+        predict_top_k(run, **request, **options, shard_of=args.shard)
+        return
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        predict_top_k(run, **request, **options)
+        return
+    dist.init_process_group(backend="gloo")  # torchrun's environment
+    rank = dist.get_rank()
+    if args.device is None and torch.cuda.is_available():
+        options["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        predict_top_k(run, **request, **options, shard_of=(rank, world))
+        dist.barrier()
+        if rank == 0:
+            path = merge_predictions(run, world, **request)
+            print(f"[predict] merged {world} shards into {path}")
+    finally:
+        dist.destroy_process_group()
 
 
 def _id_list(text: str) -> list[str]:
@@ -260,6 +368,7 @@ def _seed_list(text: str) -> list[int]:
 def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> dict:
     """``semrec fit --seeds``: one run per seed, then the mean ± std table over seeds."""
     from semrec.artifacts import atomic_write, write_json
+    from semrec.distributed import is_rank_zero
     from semrec.evaluation.seeds import seed_summary, seeds_table
     from semrec.pipeline import Run
 
@@ -272,6 +381,8 @@ def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> di
         # --resume continues the seeds a kill interrupted; the others start (or are reused)
         interrupted = resume and any((seed_dir / "checkpoints").glob("*.ckpt"))
         per_seed[seed] = Run(seeded, seed_dir).fit(resume=interrupted)
+    if not is_rank_zero():  # another process of a multi-process run: rank 0 reports
+        return {}
     summary = seed_summary(per_seed)
     write_json(base / "seeds.json", {"seeds": seeds, "metrics": summary})
     table = seeds_table(summary, config.eval.ks, seeds)
@@ -283,6 +394,7 @@ def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> di
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for worker processes
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -314,16 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             run.write_report(run.test())
             return 0
         if args.command == "predict":
-            from semrec.serving.predict import predict_top_k
-
-            predict_top_k(
-                _stored_run(Path(args.run), args.overrides),
-                k=args.k,
-                users=_requested_users(args),
-                output=args.output,
-                batch_size=args.batch_size,
-                exclude_seen=not args.keep_seen,
-            )
+            predict(args)
             return 0
         if args.command == "add-items":
             from semrec.serving.new_items import add_items
@@ -334,6 +437,18 @@ def main(argv: list[str] | None = None) -> int:
             from semrec.serving.export import export_run
 
             export_run(_stored_run(Path(args.run), args.overrides), args.out, merge=args.merge)
+            return 0
+        if args.command == "serve":
+            from semrec.serving.http import serve
+
+            serve(
+                args.dir,
+                args.cache,
+                args.host,
+                args.port,
+                max_batch=args.max_batch,
+                max_wait_ms=args.max_wait_ms,
+            )
             return 0
         if args.command == "compare":
             from semrec.compare import compare

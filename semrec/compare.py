@@ -391,6 +391,14 @@ def compare(
     """Run (or reuse) every cell, then write compare.md / .csv / .png / .json in ``out``."""
     out = Path(out)
     rows = plan_rows(config_paths, sweeps, overrides)
+    for row in rows:
+        train = row.config(seeds[0]).train
+        if train.devices != 1 or train.num_nodes != 1:
+            raise ConfigError(
+                f"semrec compare runs its cells in this one process, but {row.label!r} asks "
+                f"for train.devices={train.devices!r}, train.num_nodes={train.num_nodes}; "
+                "run multi-process cells with `semrec fit --seeds` one row at a time"
+            )
     if metrics is None:
         ks = rows[0].config(0).eval.ks
         metrics = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]

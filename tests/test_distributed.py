@@ -175,3 +175,12 @@ def test_two_process_ddp_run_equals_a_one_process_evaluation(tmp_path: Path) -> 
         if name.startswith(("test/", "popularity/")):
             assert single[name] == value, name
     assert json.loads((run / "ranks.json").read_text()) == distributed_ranks
+
+
+def test_compare_refuses_multi_process_cells(tmp_path: Path) -> None:
+    from semrec.compare import compare
+    from semrec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.devices=2"):
+        compare([str(TINY)], [0], tmp_path, overrides=["train.devices=2"], echo=lambda _: None)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -15,7 +15,7 @@ from semrec.decoding import ConstrainedBeamSearch
 from semrec.pipeline import Run, RunError
 from semrec.serving import PredictionError, TopKCache, read_predictions
 from semrec.serving.new_items import add_items, added_items
-from semrec.serving.predict import predict_top_k
+from semrec.serving.predict import merge_predictions, predict_top_k
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 QUICK = ["train.epochs=3", "train.check_val_every_n_epoch=3"]
@@ -69,6 +69,58 @@ def test_predict_writes_every_user_once_and_a_killed_predict_resumes(
 
     with pytest.raises(PredictionError, match="k: 5 -> 3"):
         predict_top_k(stored(trained), k=3, output=path, echo=lambda _: None)
+
+
+def test_sharded_predict_merges_into_the_file_one_process_writes(trained, tmp_path):
+    quiet = {"batch_size": 4, "echo": lambda _: None}
+    whole = predict_top_k(stored(trained), k=5, output=tmp_path / "whole.jsonl", **quiet)
+    path = tmp_path / "sharded.jsonl"
+    predict_top_k(stored(trained), k=5, output=path, shard_of=(0, 3), **quiet)
+    request = {"k": 5, "users": None, "output": path, "exclude_seen": True}
+    with pytest.raises(PredictionError, match="shard 1 of 3 was not written"):
+        merge_predictions(stored(trained), 3, **request)
+    for shard in (1, 2):
+        predict_top_k(stored(trained), k=5, output=path, shard_of=(shard, 3), **quiet)
+    parts = sorted(p.name for p in tmp_path.glob("sharded.shard-*.jsonl"))
+    assert parts == [f"sharded.shard-{i}-of-3.jsonl" for i in range(3)]
+    sizes = [len(read_predictions(tmp_path / name)) for name in parts]
+    assert sizes == [16, 16, 16]  # every third user each
+    merge_predictions(stored(trained), 3, **request)
+    assert_same_lists(read_predictions(path), read_predictions(whole.path))
+    assert not list(tmp_path.glob("sharded.shard-*"))  # the shards are gone
+    assert len(TopKCache(path)) == 48
+
+
+def assert_same_lists(records: list[dict], reference: list[dict]) -> None:
+    """The same users in the same order with the same items; scores up to float rounding
+    (other batches pad prompts differently)."""
+    assert [(r["user"], r["items"]) for r in records] == [
+        (r["user"], r["items"]) for r in reference
+    ]
+    for record, expected in zip(records, reference):
+        assert record["scores"] == pytest.approx(expected["scores"], abs=1e-5)
+
+
+def test_predict_workers_run_processes_and_merge(trained, tmp_path):
+    path = tmp_path / "workers.jsonl"
+    assert main(["predict", "--run", str(trained), "--k", "4", "--output", str(path),
+                 "--users", "u1,u2,u3,u5,u8", "--workers", "2"]) == 0  # fmt: skip
+    one = tmp_path / "one.jsonl"
+    predict_top_k(stored(trained), k=4, users=["u1", "u2", "u3", "u5", "u8"], output=one,
+                  echo=lambda _: None)  # fmt: skip
+    assert_same_lists(read_predictions(path), read_predictions(one))
+    assert json.loads(path.with_suffix(".meta.json").read_text())["k"] == 4
+
+
+def test_a_shard_of_another_request_is_not_merged(trained, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    quiet = {"batch_size": 8, "echo": lambda _: None}
+    predict_top_k(stored(trained), k=5, output=path, shard_of=(0, 2), **quiet)
+    predict_top_k(stored(trained), k=5, output=path, shard_of=(1, 2), exclude_seen=False, **quiet)
+    request = {"k": 5, "users": None, "output": path, "exclude_seen": True}
+    with pytest.raises(PredictionError, match="written for another request"):
+        merge_predictions(stored(trained), 2, **request)
+    assert not path.exists()
 
 
 def test_topk_cache_serves_the_predictions(trained, tmp_path):

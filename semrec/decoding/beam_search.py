@@ -1,7 +1,9 @@
 """Trie-constrained beam search over item SIDs, batched over prompts.
 
-Each prompt is encoded once (one prefill with ``use_cache=True``); its KV cache is then
-gathered to the beams, so the prompt is never re-encoded per beam as ``generate()`` does.
+Each prompt is encoded once (one prefill with ``use_cache=True``), so the prompt is never
+re-encoded per beam as ``generate()`` does, and its KV cache is shared by its beams
+(:mod:`semrec.decoding.shared_prefix`): only the generated SID tokens are kept per beam
+(``share_prompt_cache=False``, or a cache type it cannot share: copied to each beam).
 Beam bookkeeping is all tensors: at each step the live beams' children come from the
 trie's CSR table, candidates of all beams of a prompt compete in one ``topk``, and the
 cache is reordered through the public ``Cache.reorder_cache`` (see
@@ -50,6 +52,7 @@ from semrec.decoding.model_calls import (
     gather_cache_rows,
     prompt_positions,
 )
+from semrec.decoding.shared_prefix import can_share, share_prompt_cache
 from semrec.decoding.trie import SIDTrie
 
 __all__ = ["SCORE_MODES", "ConstrainedBeamSearch", "DecodeResult", "ScoreMode"]
@@ -83,6 +86,8 @@ class ConstrainedBeamSearch:
             soft-capping or scaling) and prompt-learning peft adapters are rejected.
         autocast_dtype: run the model under ``torch.autocast`` with this dtype (e.g.
             ``torch.bfloat16`` on CPUs with AMX); scores are always accumulated in float32.
+        share_prompt_cache: keep one copy of each prompt's KV cache for all its beams
+            (same results; off copies it per beam, the memory of ``generate()``).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class ConstrainedBeamSearch:
         score_mode: ScoreMode = "full_vocab",
         sid_rows_only: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        share_prompt_cache: bool = True,
     ) -> None:
         if num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
@@ -104,11 +110,13 @@ class ConstrainedBeamSearch:
         self.score_mode = score_mode
         self.sid_rows_only = sid_rows_only
         self.autocast_dtype = autocast_dtype
+        self.share_prompt_cache = share_prompt_cache
 
     def __repr__(self) -> str:
         return (
             f"ConstrainedBeamSearch(num_beams={self.num_beams}, score_mode={self.score_mode!r}, "
-            f"sid_rows_only={self.sid_rows_only}, autocast_dtype={self.autocast_dtype})"
+            f"sid_rows_only={self.sid_rows_only}, autocast_dtype={self.autocast_dtype}, "
+            f"share_prompt_cache={self.share_prompt_cache})"
         )
 
     def search(
@@ -153,6 +161,7 @@ class ConstrainedBeamSearch:
         logits, cache = step_fn(input_ids, attention_mask, positions, None)
         if step_fn.token_column is None:
             check_vocabulary(trie, logits.shape[-1])
+        shared = self.share_prompt_cache and can_share(cache)
 
         nodes = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, w] live trie nodes
         scores = torch.zeros(batch, 1, device=device)  # [B, w] their summed log-probs
@@ -185,7 +194,10 @@ class ConstrainedBeamSearch:
             tokens = kids.tokens.reshape(batch, -1).gather(1, best)
 
             source = (torch.arange(batch, device=device)[:, None] * live + best // fan).reshape(-1)
-            cache = gather_cache_rows(cache, source)
+            if shared and depth == 0:  # one live beam per prompt: each of the width is on it
+                cache = share_prompt_cache(cache, width)
+            else:
+                cache = gather_cache_rows(cache, source)
             beam_mask = torch.cat([beam_mask[source], beam_mask.new_ones(len(source), 1)], dim=1)
             step_pos = (prompt_len.repeat_interleave(width) + depth)[:, None]
             logits, cache = step_fn(tokens.reshape(-1, 1), beam_mask, step_pos, cache)

@@ -102,6 +102,58 @@ class PredictionWriter:
         self.done.update(record["user"] for record in map(json.loads, lines))
 
 
+def shard_path(path: str | Path, shard: int, shards: int) -> Path:
+    """Where shard ``shard`` of ``shards`` of the prediction file ``path`` is written."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard-{shard}-of-{shards}{path.suffix}")
+
+
+def merge_shards(path: str | Path, shards: int, users: Sequence[str], meta: dict[str, Any]) -> Path:
+    """Join the shard files of ``path`` into ``path`` itself: each of ``users`` once, in
+    that order, then delete the shards.
+
+    Every shard must have been written for ``meta`` (the same model and request) and the
+    shards together must hold exactly ``users``; a user in two shards must have the same
+    list in both (it is then written once). Raises :class:`PredictionError` otherwise,
+    leaving every file as it was. The merged file and its meta appear atomically.
+    """
+    path = Path(path)
+    records: dict[str, dict[str, Any]] = {}
+    for shard in range(shards):
+        part = shard_path(path, shard, shards)
+        part_meta = part.with_suffix(".meta.json")
+        if not part.is_file() or not part_meta.is_file():
+            raise PredictionError(f"{part}: shard {shard} of {shards} was not written")
+        stored = {k: v for k, v in read_json(part_meta).items() if k != "shard"}
+        if stored != meta:
+            raise PredictionError(f"{part_meta} was written for another request than {path}")
+        for record in read_predictions(part):
+            user = record["user"]
+            if user in records and records[user] != record:
+                raise PredictionError(f"user {user!r} has two different lists in the shards")
+            records[user] = record
+    missing = [user for user in users if user not in records]
+    if missing:
+        raise PredictionError(
+            f"the {shards} shards of {path} lack {len(missing)} user(s), e.g. {missing[0]!r}: "
+            "a shard is unfinished (run it again; it continues where it stopped)"
+        )
+    meta_path = path.with_suffix(".meta.json")
+    if path.exists() and (not meta_path.is_file() or read_json(meta_path) != meta):
+        raise PredictionError(
+            f"{path} exists and was written for another request; nothing was changed"
+        )
+    write_json(meta_path, meta)  # first: a file without its meta is refused later
+    with atomic_write(path) as fh:
+        for user in users:
+            fh.write(json.dumps(records[user], separators=(",", ":")) + "\n")
+    for shard in range(shards):
+        part = shard_path(path, shard, shards)
+        part.unlink()
+        part.with_suffix(".meta.json").unlink()
+    return path
+
+
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     """All records of a prediction file (JSONL or Parquet)."""
     path = Path(path)

@@ -6,8 +6,16 @@ everything known), exactly as evaluation prompts are built, and decoded by the r
 trie-constrained beam search over the catalogue, items added with ``semrec add-items``
 included. Items the user already interacted with are excluded unless ``exclude_seen`` is
 off; a user whose beams ran into so many seen items that fewer than K remain is searched
-again with twice the beams (up to the catalogue size), so every user gets K items. Results go through :class:`~semrec.serving.precache.PredictionWriter` (resumable
-JSONL), then to Parquet when pyarrow is installed.
+again with twice the beams (up to the catalogue size), so every user gets K items.
+Results go through :class:`~semrec.serving.precache.PredictionWriter` (resumable JSONL),
+then to Parquet when pyarrow is installed.
+
+Sharded: with ``shard=(i, n)`` a process predicts every n-th requested user from the i-th
+into its own shard file (:func:`~semrec.serving.precache.shard_path`);
+:func:`predict_in_workers` runs n such processes on this machine and
+:func:`~semrec.serving.precache.merge_shards` joins their files into the one file an
+unsharded predict writes (each user once, in request order). Under ``torchrun`` each
+process takes the shard of its rank (``--shard auto``) and rank zero merges.
 """
 
 from __future__ import annotations
@@ -22,7 +30,14 @@ from tqdm.auto import tqdm
 
 from semrec.artifacts import content_hash
 from semrec.data.split import Example
-from semrec.serving.precache import PredictionWriter, write_parquet
+from semrec.distributed import shard
+from semrec.serving.precache import (
+    PredictionError,
+    PredictionWriter,
+    merge_shards,
+    shard_path,
+    write_parquet,
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,15 @@ def predict_top_k(
     batch_size: int = 32,
     exclude_seen: bool = True,
     echo: Callable[[str], None] = print,
+    shard_of: tuple[int, int] | None = None,
+    device: str | torch.device | None = None,
 ) -> PredictionSummary:
-    """Write the top-``k`` items of ``users`` (external ids; None: all) for a trained ``run``."""
+    """Write the top-``k`` items of ``users`` (external ids; None: all) for a trained ``run``.
+
+    ``shard_of=(i, n)``: only every n-th user from the i-th, into shard ``i``'s file (see
+    the module docstring); :func:`merge_shards` joins the n files. ``device``: where the
+    model decodes (default: where it was loaded, the CPU).
+    """
     from semrec.factories.decoding import beam_search
 
     if k < 1 or batch_size < 1:
@@ -74,6 +96,9 @@ def predict_top_k(
     if k > len(item_ids):
         raise ValueError(f"--k {k} is more than the {len(item_ids)} items of the catalogue")
     module, datamodule, hf_tokenizer = run.train(allow_training=False)
+    if device is not None:
+        module.model.to(device)
+    device = next(module.model.parameters()).device
     trie = run.trie(hf_tokenizer, include_added=True)
     cfg = run.config.eval
     num_beams = max(k, cfg.num_beams)
@@ -88,19 +113,16 @@ def predict_top_k(
             exclude_items=exclude,
         )
 
-    path = Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
-    meta = {
-        "format": "semrec-topk",
-        "model": run.train_fingerprint(),
-        "catalogue": content_hash(item_ids, codes.tolist()),
-        "k": k,
-        "num_beams": num_beams,
-        "score_mode": cfg.score_mode,
-        "exclude_seen": exclude_seen,
-    }
+    path = prediction_path(run, k, output)
+    meta = prediction_meta(run, k, exclude_seen)
+    if shard_of is not None:
+        path = shard_path(path, *shard_of)
+        meta = {**meta, "shard": list(shard_of)}
     writer = PredictionWriter(path, meta)
     sequences = dataset.sequences()
-    requested = [u for u in resolve_users(dataset.user_ids, users) if len(sequences[u])]
+    requested = [dataset.user_index()[user] for user in requested_users(run, users)]
+    if shard_of is not None:
+        requested = shard(requested, *shard_of)
     pending = writer.pending([dataset.user_ids[u] for u in requested])
     index = dataset.user_index()
     max_history = run.config.dataset.max_history
@@ -115,6 +137,7 @@ def predict_top_k(
             histories = [tuple(int(i) for i in sequences[u][-max_history:]) for u in batch_users]
             examples = [Example(u, h, h[-1]) for u, h in zip(batch_users, histories)]
             inputs = datamodule.training.collate_prompts(datamodule.training.eval_prompts(examples))
+            inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
             exclude = _seen(sequences, batch_users) if exclude_seen else None
             with torch.no_grad():
                 items, scores, valid = top_k_with_retries(
@@ -133,7 +156,7 @@ def predict_top_k(
             writer.write(records)
             bar.update(len(records))
     seconds = time.perf_counter() - start
-    parquet = write_parquet(path)
+    parquet = None if shard_of is not None else write_parquet(path)
     summary = PredictionSummary(path, parquet, len(requested), len(pending), seconds)
     echo(
         f"[predict] wrote {summary.written} users in {seconds:.1f} s "
@@ -141,6 +164,91 @@ def predict_top_k(
         + (f" and {parquet}" if parquet else " (install pyarrow for a Parquet copy)")
     )
     return summary
+
+
+def prediction_path(run, k: int, output: str | Path | None) -> Path:
+    """The JSONL file of a predict: ``output``, or ``<run>/predictions/top<k>.jsonl``."""
+    return Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
+
+
+def prediction_meta(run, k: int, exclude_seen: bool) -> dict:
+    """What a prediction file was made by (its ``.meta.json``); a file is only continued or
+    merged for the same."""
+    item_ids, codes = run.catalogue()
+    return {
+        "format": "semrec-topk",
+        "model": run.train_fingerprint(),
+        "catalogue": content_hash(item_ids, codes.tolist()),
+        "k": k,
+        "num_beams": max(k, run.config.eval.num_beams),
+        "score_mode": run.config.eval.score_mode,
+        "exclude_seen": exclude_seen,
+    }
+
+
+def requested_users(run, users: Sequence[str] | None) -> list[str]:
+    """The external ids a predict covers, in order: ``users`` (None: all) that have a history."""
+    dataset = run.data.dataset
+    sequences = dataset.sequences()
+    indices = resolve_users(dataset.user_ids, users)
+    return [dataset.user_ids[u] for u in indices if len(sequences[u])]
+
+
+def predict_in_workers(
+    run,
+    workers: int,
+    worker_command: Callable[[int, int], list[str]],
+    *,
+    k: int,
+    users: Sequence[str] | None,
+    output: str | Path | None,
+    exclude_seen: bool,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Run ``workers`` predict processes (``worker_command(i, n)``: the command line of shard
+    ``i`` of ``n``) side by side, then merge their shards into one file; returns its path.
+
+    Each worker gets an equal share of this machine's cores (``OMP_NUM_THREADS``). A worker
+    that fails leaves its shard to be continued by the next call; nothing is merged then.
+    """
+    import os
+    import subprocess
+
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    echo(f"[predict] {workers} worker processes, {threads} thread(s) each")
+    processes = [subprocess.Popen(worker_command(i, workers), env=env) for i in range(workers)]
+    failed = [i for i, process in enumerate(processes) if process.wait() != 0]
+    if failed:
+        raise PredictionError(
+            f"predict worker(s) {failed} of {workers} failed (see their output above); run "
+            "the same command again to continue"
+        )
+    return merge_predictions(
+        run, workers, k=k, users=users, output=output, exclude_seen=exclude_seen
+    )
+
+
+def merge_predictions(
+    run,
+    shards: int,
+    *,
+    k: int,
+    users: Sequence[str] | None,
+    output: str | Path | None,
+    exclude_seen: bool,
+) -> Path:
+    """:func:`merge_shards` for a predict request; a Parquet copy too with pyarrow."""
+    path = merge_shards(
+        prediction_path(run, k, output),
+        shards,
+        requested_users(run, users),
+        prediction_meta(run, k, exclude_seen),
+    )
+    write_parquet(path)
+    return path
 
 
 def top_k_with_retries(search, beams: int, catalogue: int, inputs: dict, exclude, k: int):

@@ -156,6 +156,11 @@ class Recommender:
             for row in range(len(rows))
         ]
 
+    def check_history(self, history: Sequence[str]) -> None:
+        """Raise what :meth:`recommend` would raise for ``history`` (``UnknownItemsError``
+        naming the unknown ids, ``ValueError`` for an empty one), before any decoding."""
+        self._rows(history)
+
     def _rows(self, history: Sequence[str]) -> list[int]:
         if isinstance(history, (str, bytes)):
             raise TypeError(

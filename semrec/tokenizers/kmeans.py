@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 
 #: Rows per block when computing point-to-centroid distances (bounds memory to ~block x k).
-_BLOCK_ROWS = 65536
+#: Small enough that a block's [block, k] scores stay in cache-friendly reused memory: with
+#: 65536 rows (64 MB per temporary at k=256) the fit spent a third of its time in page faults.
+_BLOCK_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, tor
     indices, distances = [], []
     for block in x.split(_BLOCK_ROWS):
         # ||x||^2 is the same for every centroid, so the argmin only needs the rest.
-        scores = centroid_sq - 2.0 * block @ centroids.T
+        scores = torch.addmm(centroid_sq, block, centroids.T, alpha=-2.0)  # one temporary
         best, index = scores.min(dim=1)
         indices.append(index)
         distances.append((best + block.pow(2).sum(dim=1)).clamp_min(0.0))
