@@ -22,8 +22,8 @@ Measured per size (wall time, ``time.perf_counter``):
   vectorised mapping: level ``l`` code ``c`` -> ``base_vocab + offset[l] + c``);
   ``trie_bytes``: the bytes of the trie's tensors (each storage counted once), i.e. what
   it keeps resident. ``trie_build_factory_s``: the same trie built the way a run builds it,
-  ``semrec.factories.decoding.sid_trie`` (token strings per item, looked up one by one), with
-  a dict standing in for the Hugging Face tokenizer, so this is a lower bound of that path.
+  ``semrec.factories.decoding.sid_trie`` (each level's codes looked up once as token
+  strings), with a dict standing in for the Hugging Face tokenizer.
 - ``decode_ms_per_prompt``: ``ConstrainedBeamSearch(num_beams=--beams)`` (full-vocabulary
   scores, as ``semrec.factories.decoding.beam_search`` builds it) on a batch of ``--prompts``
   prompts of ``--prompt-len`` random ordinary tokens, with a tiny randomly initialised

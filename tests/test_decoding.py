@@ -730,3 +730,33 @@ def test_processor_masks_and_renormalizes():
     )
     generated = torch.tensor([[9, 40, 42, 2], [9, 43, 44, 0], [9, 40, 2, 2], [9, 41, 40, 41]])
     assert sequences_to_items(trie, generated, prompt_length=1).tolist() == [1, 2, -1, -1]
+
+
+def test_sid_trie_from_codes_equals_the_per_item_lookup():
+    """The factory looks each (level, code) up once; the trie is the per-item one."""
+    from semrec.factories.decoding import sid_trie
+
+    vocab = {f"<{chr(97 + level)}_{code}>": 10 + 50 * level + code for level in range(3)
+             for code in range(50)}  # fmt: skip
+
+    class Tokens:
+        def token(self, level, code):
+            return f"<{chr(97 + level)}_{code}>"
+
+    class HF:
+        def convert_tokens_to_ids(self, tokens):
+            return [vocab[t] for t in tokens]
+
+        def __len__(self):
+            return 200
+
+    codes = torch.tensor([[3, 7, -1], [3, 8, -1], [4, 7, 0], [4, 7, 1], [49, 0, -1]])
+    trie = sid_trie(Tokens(), codes, HF())
+    expected = [
+        [vocab[Tokens().token(level, c)] for level, c in enumerate(row) if c != -1]
+        for row in codes.tolist()
+    ]
+    reference = SIDTrie.from_sequences(expected, vocab_size=200)
+    for name in ("node_token", "node_item"):
+        assert torch.equal(getattr(trie, name), getattr(reference, name)), name
+    assert trie.num_items == 5 and trie.max_depth == 3
