@@ -114,7 +114,16 @@ def _parser() -> argparse.ArgumentParser:
         help="I/N: only shard I of N (0-based) into <output>.shard-I-of-N.jsonl; 'auto' "
         "takes RANK/WORLD_SIZE from torchrun, and rank 0 merges the shards at the end",
     )
+    predict.add_argument(
+        "--merge-shards",
+        type=int,
+        metavar="N",
+        help="only merge the N finished shard files (of --shard I/N runs) into the output",
+    )
     predict.add_argument("--device", help="where the model decodes, e.g. cuda:0 (default: cpu)")
+    predict.add_argument(
+        "--threads", type=int, help="torch threads (default: the run's train.num_threads)"
+    )
     add_items = add(
         "add-items",
         "give new items SIDs from the trained tokenizer (no retraining) so that a trained "
@@ -235,26 +244,28 @@ def predict(args: argparse.Namespace) -> None:
     from semrec.serving.predict import merge_predictions, predict_in_workers, predict_top_k
 
     run = _stored_run(Path(args.run), args.overrides)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     request = {
         "k": args.k,
         "users": _requested_users(args),
         "output": args.output,
         "exclude_seen": not args.keep_seen,
     }
+    if args.merge_shards:
+        path = merge_predictions(run, args.merge_shards, **request)
+        print(f"[predict] merged {args.merge_shards} shards into {path}")
+        return
     if args.workers > 1:
         if args.shard is not None:
             raise ValueError("--workers and --shard exclude each other")
 
-        def worker(shard: int, shards: int) -> list[str]:
+        def worker(shard: int, shards: int, threads: int) -> list[str]:
             return [
-                sys.executable,
-                "-m",
-                "semrec.cli",
-                *args.argv,
-                "--workers",
-                "1",
-                "--shard",
-                f"{shard}/{shards}",
+                *(sys.executable, "-m", "semrec.cli", *args.argv),
+                *("--workers", "1", "--shard", f"{shard}/{shards}", "--threads", str(threads)),
             ]
 
         path = predict_in_workers(run, args.workers, worker, **request)
@@ -273,7 +284,10 @@ def predict(args: argparse.Namespace) -> None:
     if world == 1:
         predict_top_k(run, **request, **options)
         return
-    dist.init_process_group(backend="gloo")  # torchrun's environment
+    from datetime import timedelta
+
+    # torchrun's environment; the barrier below waits for the slowest shard, however long
+    dist.init_process_group(backend="gloo", timeout=timedelta(days=7))
     rank = dist.get_rank()
     if args.device is None and torch.cuda.is_available():
         options["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
@@ -370,8 +384,15 @@ def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> di
     from semrec.artifacts import atomic_write, write_json
     from semrec.distributed import is_rank_zero
     from semrec.evaluation.seeds import seed_summary, seeds_table
+    from semrec.factories.training import multi_process
     from semrec.pipeline import Run
 
+    if multi_process(config.train):
+        raise ValueError(
+            "fit --seeds runs its seeds one after another in each process, and the others "
+            "would wait on rank 0's baselines and report; with train.devices > 1 run one "
+            "`semrec fit ... seed=N` per seed"
+        )
     base = Path(run_dir) if run_dir is not None else config.resolved_run_dir()
     per_seed = {}
     for seed in seeds:

@@ -13,22 +13,25 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: environment variables holding a process's global rank, as the launchers set them
-_GLOBAL_RANK = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
 
 def is_rank_zero() -> bool:
     """True in the process that writes the run directory (global rank 0).
 
-    Read from the launcher's environment, so it is known before Lightning's Trainer starts:
-    ``RANK`` (torchrun), ``SLURM_PROCID``, or ``NODE_RANK`` and ``LOCAL_RANK`` (Lightning's
-    own launcher). A process started by none of them is rank zero.
+    Read from the launcher's environment, so it is known before Lightning's Trainer starts,
+    in Lightning's order: ``RANK`` (torchrun) decides; else a non-zero ``LOCAL_RANK`` or
+    ``NODE_RANK`` (Lightning's own launcher, whose children also inherit an interactive
+    SLURM job's ``SLURM_PROCID=0``) means another process; else ``SLURM_PROCID`` or
+    ``JSM_NAMESPACE_RANK``. A process started by none of them is rank zero.
     """
-    for name in _GLOBAL_RANK:
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    for name in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if int(os.environ.get(name, "0")) != 0:
+            return False
+    for name in ("SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if name in os.environ:
             return int(os.environ[name]) == 0
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
-    return node == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return True
 
 
 def shard(rows: Sequence[T], rank: int, world: int) -> list[T]:

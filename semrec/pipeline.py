@@ -64,6 +64,11 @@ from semrec.tasks import TaskContext
 
 __all__ = ["CHECKPOINTS", "RUN_FORMAT", "PreparedData", "Run", "RunError"]
 
+JOINT_ON_PROCESSES = (
+    "a tokenizer trained with the LLM ({}) on more than one process: each would refresh its "
+    "own codes; train it on one device (train.devices: 1, train.num_nodes: 1)"
+)
+
 
 class Run(RunTokenizers):
     """Executes the stages of one experiment; each stage is reused when its inputs are unchanged.
@@ -321,6 +326,8 @@ class Run(RunTokenizers):
         )
 
         cfg = self.config
+        if self.dynamic_tokenizers and training.multi_process(cfg.train):
+            raise NotImplementedError(JOINT_ON_PROCESSES.format(", ".join(self.dynamic_tokenizers)))
         model, hf_tokenizer, _ = self.build_model()
         joint_trainer = self.prepare_joint(model, hf_tokenizer)
         adapter_dir = self.run_dir / "adapter"
@@ -380,12 +387,8 @@ class Run(RunTokenizers):
         )
         callbacks = training.fit_callbacks(cfg, best, checkpoints, self.echo, self.callbacks)
         trainer = training.fit_trainer(cfg, self.run_dir, callbacks)
-        if joint_trainer is not None and trainer.world_size > 1:
-            raise NotImplementedError(
-                f"a tokenizer trained with the LLM ({', '.join(self.dynamic_tokenizers)}) "
-                f"on {trainer.world_size} processes: each would refresh its own codes; "
-                "train it on one device (train.devices: 1)"
-            )
+        if joint_trainer is not None and trainer.world_size > 1:  # e.g. devices: auto
+            raise NotImplementedError(JOINT_ON_PROCESSES.format(", ".join(self.dynamic_tokenizers)))
         start = time.perf_counter()
         with hide_known_warnings():
             trainer.fit(

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from semrec.config import load_config
 from semrec.data import leave_one_out
@@ -56,10 +57,19 @@ def test_shards_refuse_fewer_items_than_processes() -> None:
         ({"LOCAL_RANK": "1"}, False),  # Lightning's launcher, a child on node 0
         ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),  # the main process of node 1
         ({"SLURM_PROCID": "0"}, True),
+        ({"SLURM_PROCID": "2"}, False),
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's child in a SLURM shell
     ],
 )
 def test_rank_zero_is_read_from_the_launcher(monkeypatch, env, zero) -> None:
-    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+    for name in (
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "SLURM_PROCID",
+        "JSM_NAMESPACE_RANK",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -107,6 +117,7 @@ def test_datamodule_shards_training_and_evaluation_across_processes() -> None:
         ("ddp_spawn", RunError, "never reach this one"),
         ("fsdp", NotImplementedError, "shards the parameters"),
         ("deepspeed_stage_3", NotImplementedError, "shards the parameters"),
+        ("deepspeed_stage_2", NotImplementedError, "not supported by semrec yet"),
     ],
 )
 def test_unsupported_strategies_are_refused_by_name(strategy, error, message) -> None:
@@ -184,3 +195,42 @@ def test_compare_refuses_multi_process_cells(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.devices=2"):
         compare([str(TINY)], [0], tmp_path, overrides=["train.devices=2"], echo=lambda _: None)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_checkpoint_resumes_only_with_the_same_number_of_processes() -> None:
+    from semrec.models.module import GenRecModule
+
+    module = GenRecModule.__new__(GenRecModule)  # only the checkpoint hooks are exercised
+    torch.nn.Module.__init__(module)
+    module._trainer = SimpleNamespace(world_size=1)
+    module._trainable_names = lambda: set()
+    with pytest.raises(RuntimeError, match="2 process\\(es\\), this one has 1"):
+        module.on_load_checkpoint({"state_dict": {}, "world_size": 2})
+    module.on_load_checkpoint({"state_dict": {}, "world_size": 1})
+
+
+def test_fewer_eval_users_than_processes_is_a_clear_error() -> None:
+    rng = np.random.default_rng(0)
+    dataset = RecDataset(
+        name="toy",
+        user_ids=["u0", "u1"],
+        item_ids=[f"i{i}" for i in range(6)],
+        users=np.repeat([0, 1], 5),
+        items=rng.integers(0, 6, 10),
+        timestamps=np.concatenate([np.arange(5), np.arange(5)]),
+    )
+    split = leave_one_out(dataset, max_history=4)
+    source = CompactSequences(split, [[4, 7]] * 6, sep_id=3, pad_id=1, max_history=4)
+    module = GenRecDataModule(source, split)
+    module.trainer = SimpleNamespace(global_rank=0, world_size=4, current_epoch=0)
+    with pytest.raises(ValueError, match="2 test users cannot give each of 4 processes one"):
+        module.test_dataloader()
+
+
+def test_fit_seeds_refuses_multi_process_runs(tmp_path: Path, capsys) -> None:
+    from semrec.cli import main
+
+    argv = ["fit", "--config", str(TINY), "--run-dir", str(tmp_path / "r"), "--seeds", "0,1"]
+    assert main([*argv, "train.devices=2"]) == 1
+    assert "one `semrec fit ... seed=N` per seed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -200,3 +200,16 @@ def test_fastapi_is_imported_only_by_the_http_module_and_named_when_missing():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "pip install 'semrec[serve]'" in result.stdout
+
+
+def test_a_failing_decode_is_a_500_and_the_server_keeps_serving(exported, monkeypatch):
+    recommender = load_recommender(exported[0])
+    app = create_app(recommender, max_wait_ms=1)
+    original = recommender.recommend_batch
+    with running_in_background(app) as url:
+        monkeypatch.setattr(recommender, "recommend_batch", lambda *a, **kw: 1 / 0)
+        broken = post(url, {"history": ["i0", "i1"], "k": 3})
+        assert broken.status_code == 500
+        assert "decoding failed: ZeroDivisionError" in broken.json()["detail"]
+        monkeypatch.setattr(recommender, "recommend_batch", original)
+        assert post(url, {"history": ["i0", "i1"], "k": 3}).status_code == 200

@@ -112,6 +112,22 @@ def test_predict_workers_run_processes_and_merge(trained, tmp_path):
     assert json.loads(path.with_suffix(".meta.json").read_text())["k"] == 4
 
 
+def test_shards_add_to_a_file_that_already_holds_users(trained, tmp_path):
+    """As an unsharded predict appends: users already in the file stay, shards skip them."""
+    path = tmp_path / "grow.jsonl"
+    quiet = {"batch_size": 8, "echo": lambda _: None}
+    predict_top_k(stored(trained), k=5, users=["u3", "u1"], output=path, **quiet)
+    before = read_predictions(path)
+    for shard in (0, 1):
+        written = predict_top_k(stored(trained), k=5, output=path, shard_of=(shard, 2), **quiet)
+        assert written.written == 23  # 46 users the file lacks, half each
+    assert main(["predict", "--run", str(trained), "--k", "5", "--output", str(path),
+                 "--merge-shards", "2"]) == 0  # fmt: skip
+    records = read_predictions(path)
+    assert records[:2] == before and len(records) == 48
+    assert len({r["user"] for r in records}) == 48
+
+
 def test_a_shard_of_another_request_is_not_merged(trained, tmp_path):
     path = tmp_path / "mixed.jsonl"
     quiet = {"batch_size": 8, "echo": lambda _: None}

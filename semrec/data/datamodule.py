@@ -219,7 +219,13 @@ class GenRecDataModule(L.LightningDataModule):
         # Similar lengths together: less padding in each batched beam search; each process
         # takes every world-th prompt (``rows`` keep their place in the whole list)
         encoded.sort(key=lambda row: len(row[0]))
-        encoded = shard(encoded, *self.process_rank())
+        rank, world = self.process_rank()
+        if len(encoded) < world:
+            raise ValueError(
+                f"{len(encoded)} {part} users cannot give each of {world} processes one; "
+                "evaluate on fewer devices or more users (eval.max_valid_users/max_test_users)"
+            )
+        encoded = shard(encoded, rank, world)
         return DataLoader(
             encoded, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate_eval
         )

@@ -29,6 +29,8 @@ class SharedPrefixLayer(DynamicLayer):
     keep every beam within its prompt's block of rows, as a per-prompt beam search does.
     """
 
+    is_croppable = False
+
     def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, beams: int):
         super().__init__()
         batch, heads, _, dim = prefix_keys.shape
@@ -59,7 +61,9 @@ class SharedPrefixLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.prefix_keys.shape[-2] + self.keys.shape[-2]
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: int | torch.Tensor) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # transformers < 5: the cache_position
+            query_length = query_length.shape[0]
         return self.get_seq_length() + query_length, 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -19,7 +19,8 @@ def target_ranks(ranked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ``ranked``: LongTensor [B, K] of item ids (``-1`` for empty slots); ``targets``: [B].
     """
     hits = ranked == targets.unsqueeze(1)
-    position = torch.arange(ranked.shape[1], dtype=torch.float32).expand_as(ranked)
+    position = torch.arange(ranked.shape[1], dtype=torch.float32, device=ranked.device)
+    position = position.expand_as(ranked)
     return torch.where(hits, position, torch.full_like(position, math.inf)).min(dim=1).values
 
 
@@ -75,10 +76,12 @@ class TopKRankingMetrics(Metric):
     ) -> None:
         """Add a batch: ranked item ids [B, K], targets [B] and optionally each example's
         position ``rows`` [B] in its evaluation list (for :meth:`ordered_ranks`)."""
-        top = ranked[:, : max(self.ks)]
-        self.ranks.append(target_ranks(top, targets))
+        # states live on the metric's device: a multi-GPU gather (NCCL) takes no CPU tensors
+        device = self.seen.device
+        top = ranked[:, : max(self.ks)].to(device)
+        self.ranks.append(target_ranks(top, targets.to(device)))
         if rows is not None:
-            self.rows.append(rows.to(torch.long).cpu())
+            self.rows.append(rows.to(device=device, dtype=torch.long))
         valid = (top >= 0) & (top < self.num_items)
         self.invalid += (~valid).sum()
         self.slots += top.numel()
@@ -102,7 +105,7 @@ class TopKRankingMetrics(Metric):
         :meth:`compute` does), so every process returns the whole evaluation's ranks.
         """
         with self.sync_context(should_sync=self.sync_on_compute):
-            return self._ranks_in_order()
+            return self._ranks_in_order().cpu()
 
     def _ranks_in_order(self) -> torch.Tensor:
         ranks = _concatenated(self.ranks, torch.float32)

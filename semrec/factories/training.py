@@ -195,13 +195,24 @@ def fit_callbacks(
 SHARDING_STRATEGIES = ("fsdp", "deepspeed_stage_3")
 
 
+def multi_process(train: TrainConfig) -> bool:
+    """Whether ``train:`` asks for more than one process (``devices: auto`` counts as one:
+    what it means is only known once Lightning looks at the machine)."""
+    devices = train.devices
+    many = len(devices) > 1 if isinstance(devices, list) else devices not in (1, "auto")
+    return many or train.num_nodes > 1
+
+
 def hardware(train: TrainConfig) -> dict[str, Any]:
     """``train.accelerator/strategy/devices/num_nodes`` as Trainer arguments.
 
     Each process takes its own share of the data (:class:`GenRecDataModule`), so Lightning
-    must not add a ``DistributedSampler``. Strategies that keep whole weights in every
-    process (DDP, DeepSpeed ZeRO stages 1-2) are supported; parameter-sharding ones (FSDP,
-    ZeRO-3) are refused, since semrec saves and decodes with whole weights.
+    must not add a ``DistributedSampler``. Supported: ``auto``, ``single_device`` and the
+    DDP strategies that run the same command in every process (tested on CPU with gloo).
+    Refused by name: parameter-sharding strategies (FSDP, ZeRO-3: semrec saves and decodes
+    with whole weights), DeepSpeed (its checkpoints are directories with their own state,
+    which resume and the atomic checkpoint writer do not handle) and the spawning DDP
+    variants.
     """
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -221,8 +232,13 @@ def hardware(train: TrainConfig) -> dict[str, Any]:
         raise NotImplementedError(
             f"train.strategy: {strategy!r} shards the parameters across processes, and "
             "semrec's best-adapter checkpoint and beam search read whole weights in each "
-            "process; use 'ddp' or 'deepspeed_stage_2' (with QLoRA or bf16 for large "
-            "backbones; see the README, More than one GPU)"
+            "process; use 'ddp' (with QLoRA or bf16 for large backbones; see the README, "
+            "More than one GPU)"
+        )
+    if strategy != "auto" and strategy != "single_device" and not strategy.startswith("ddp"):
+        raise NotImplementedError(
+            f"train.strategy: {strategy!r} is not supported by semrec yet (its checkpoints "
+            "and resume are untested); use 'ddp'"
         )
     return {
         "accelerator": train.accelerator,
@@ -240,27 +256,29 @@ def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
     from semrec.models.checkpoint import AtomicCheckpointIO
 
     train = config.train
-    return L.Trainer(
-        **hardware(train),
-        max_epochs=train.epochs,
-        max_steps=train.max_steps,
-        precision=resolve_precision(train),
-        accumulate_grad_batches=train.accumulate_grad_batches,
-        gradient_clip_val=train.gradient_clip,
-        val_check_interval=train.val_check_interval,
-        check_val_every_n_epoch=train.check_val_every_n_epoch,
-        log_every_n_steps=train.log_every_n_steps,
-        reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        enable_progress_bar=train.progress_bar,
-        logger=[
-            L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
-            L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
-        ],
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=run_dir,
+    return _results_stay_here(
+        L.Trainer(
+            **hardware(train),
+            max_epochs=train.epochs,
+            max_steps=train.max_steps,
+            precision=resolve_precision(train),
+            accumulate_grad_batches=train.accumulate_grad_batches,
+            gradient_clip_val=train.gradient_clip,
+            val_check_interval=train.val_check_interval,
+            check_val_every_n_epoch=train.check_val_every_n_epoch,
+            log_every_n_steps=train.log_every_n_steps,
+            reload_dataloaders_every_n_epochs=1,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            enable_progress_bar=train.progress_bar,
+            logger=[
+                L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
+                L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
+            ],
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=run_dir,
+        )
     )
 
 
@@ -268,16 +286,29 @@ def test_trainer(config: ExperimentConfig):
     """The evaluation ``lightning.Trainer`` (no logger, no checkpoints)."""
     import lightning as L
 
-    settings = hardware(config.train)
-    if settings["strategy"].startswith("deepspeed"):
-        # ZeRO shards optimizer state, which evaluation has none of: plain data parallel
-        settings["strategy"] = "ddp"
-    return L.Trainer(
-        **settings,
-        # the decoder applies eval.precision itself; a bf16 Trainer would autocast it
-        precision="bf16-true" if resolve_precision(config.train) == "bf16-true" else "32",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=config.train.progress_bar,
+    return _results_stay_here(
+        L.Trainer(
+            **hardware(config.train),
+            # the decoder applies eval.precision itself; a bf16 Trainer would autocast it
+            precision="bf16-true" if resolve_precision(config.train) == "bf16-true" else "32",
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=config.train.progress_bar,
+        )
     )
+
+
+def _results_stay_here(trainer):
+    """The Trainer, unless Lightning chose to spawn or fork worker processes (``devices`` > 1
+    in a notebook resolves ``strategy: auto`` so): their metrics and ranks would never come
+    back to this process."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        raise RunError(
+            "train.devices > 1 here makes Lightning spawn or fork its processes (as in a "
+            "notebook), whose results never reach this one; run `semrec fit` from a shell "
+            "(strategy 'ddp') or with torchrun"
+        )
+    return trainer

@@ -213,6 +213,8 @@ class GenRecModule(L.LightningModule):
             n: t for n, t in checkpoint["state_dict"].items() if n in trainable
         }
         checkpoint["rng_states"] = _rng_states()
+        # the data position counts batches per process: only the same world size resumes
+        checkpoint["world_size"] = self._world_size()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = self._trainable_names()
@@ -222,8 +224,18 @@ class GenRecModule(L.LightningModule):
                 f"the checkpoint has no values for {len(missing)} trainable tensors "
                 f"(e.g. {missing[:3]}): it was written for another model or LoRA config"
             )
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world != self._world_size():
+            raise RuntimeError(
+                f"the checkpoint was written by a run of {saved_world} process(es), this one "
+                f"has {self._world_size()}: its data position and LR schedule count batches "
+                "per process; resume with the same train.devices and train.num_nodes"
+            )
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
+
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
 
     # ------------------------------------------------------------------ evaluation
 

@@ -39,7 +39,11 @@ class TrainingSpeed(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
         # the counts of all processes (a multi-process run); the rates are per run
-        counts = torch.tensor([self._examples, self._tokens, self._labelled], dtype=torch.float64)
+        counts = torch.tensor(
+            [self._examples, self._tokens, self._labelled],
+            dtype=torch.float64,
+            device=pl_module.device,
+        )
         examples, tokens, labelled = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         rates = {"train/examples_per_s": examples / seconds, "train/tokens_per_s": tokens / seconds}
         pl_module.log_dict(rates, sync_dist=True)

@@ -90,6 +90,14 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+class ServerUnavailable(RuntimeError):
+    """Live decoding is not running (not started, stopped, or its task died): a 503."""
+
+
+class DecodingFailed(RuntimeError):
+    """The model failed on a batch of valid requests: a 500."""
+
+
 class MicroBatcher:
     """Decodes live requests in batches: whatever arrives within ``max_wait_ms`` of the first
     waiting request (at most ``max_batch``) is grouped by ``(k, exclude_history)`` and each
@@ -108,6 +116,7 @@ class MicroBatcher:
         self.batches = 0
         self.decoded = 0
         self._pending: list[_Pending] = []
+        self._in_flight: list[_Pending] = []  # the batch being decoded
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -116,8 +125,8 @@ class MicroBatcher:
         self, history: list[str], k: int, exclude_history: bool
     ) -> list[Recommendation]:
         """The recommendations for one (already validated) history, once its batch ran."""
-        if self._worker is None or self._arrived is None:
-            raise RuntimeError("the micro-batcher is not running (the app's lifespan starts it)")
+        if self._worker is None or self._arrived is None or self._worker.done():
+            raise ServerUnavailable("live decoding is not running (the app's lifespan starts it)")
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(history, k, exclude_history, future))
         self._arrived.set()
@@ -128,16 +137,25 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semrec-decode")
         self._worker = asyncio.get_running_loop().create_task(self._run())
+        self._worker.add_done_callback(self._ended)
+
+    def _ended(self, worker: asyncio.Task) -> None:
+        """Fail every waiting request when the batching task ends (stopped or crashed)."""
+        reason = "the server is shutting down"
+        if not worker.cancelled() and worker.exception() is not None:
+            reason = f"live decoding stopped: {worker.exception()!r}"
+        _fail([*self._in_flight, *self._pending], ServerUnavailable(reason))
+        self._pending.clear()
 
     async def stop(self) -> None:
         """Stop batching; requests still waiting fail with a RuntimeError (a 503)."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        _fail(self._pending, RuntimeError("the server is shutting down"))
+        _fail([*self._in_flight, *self._pending], ServerUnavailable("the server is shutting down"))
         self._pending.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._executor is not None:  # a decode still running finishes in its thread
+            self._executor.shutdown(wait=False, cancel_futures=True)
         self._worker = self._executor = None
 
     async def _run(self) -> None:
@@ -154,7 +172,7 @@ class MicroBatcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            batch = self._pending[: self.max_batch]
+            batch = self._in_flight = self._pending[: self.max_batch]
             self._pending = self._pending[self.max_batch :]
             if not self._pending:
                 self._arrived.clear()
@@ -165,6 +183,7 @@ class MicroBatcher:
                 groups.setdefault((pending.k, pending.exclude_history), []).append(pending)
             for (k, exclude_history), group in groups.items():
                 await self._decode(loop, group, k, exclude_history)
+            self._in_flight = []
 
     async def _decode(self, loop, group: list[_Pending], k: int, exclude_history: bool) -> None:
         search = partial(
@@ -176,10 +195,10 @@ class MicroBatcher:
         try:
             results = await loop.run_in_executor(self._executor, search)
         except asyncio.CancelledError:  # stop() while this group decodes
-            _fail(group, RuntimeError("the server is shutting down"))
+            _fail(group, ServerUnavailable("the server is shutting down"))
             raise
         except Exception as err:  # every request of the group was valid: a server error
-            _fail(group, err)
+            _fail(group, DecodingFailed(f"decoding failed: {type(err).__name__}: {err}"))
             return
         finally:
             self.batches += 1
@@ -291,8 +310,10 @@ def create_app(
             raise HTTPException(422, str(err)) from None
         try:
             found = await batcher.submit(request.history, k, request.exclude_history)
-        except RuntimeError as err:
+        except ServerUnavailable as err:
             raise HTTPException(503, str(err)) from None
+        except DecodingFailed as err:
+            raise HTTPException(500, str(err)) from None
         items = [ScoredItem(item_id=r.item_id, score=r.score) for r in found]
         return RecommendResponse(items=items, source="live", k=k)
 

@@ -67,22 +67,11 @@ class PredictionWriter:
 
     def _complete_users(self) -> set[str]:
         """Users with a complete line; a partial last line (a kill mid-write) is cut off."""
-        done: set[str] = set()
-        keep = 0
-        with open(self.path, "rb") as fh:
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                done.add(record["user"])
-                keep += len(line)
+        records, keep = complete_lines(self.path)
         if keep != self.path.stat().st_size:
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
-        return done
+        return {record["user"] for record in records}
 
     def pending(self, users: Sequence[str]) -> list[str]:
         """``users`` not in the file yet, in order."""
@@ -109,16 +98,18 @@ def shard_path(path: str | Path, shard: int, shards: int) -> Path:
 
 
 def merge_shards(path: str | Path, shards: int, users: Sequence[str], meta: dict[str, Any]) -> Path:
-    """Join the shard files of ``path`` into ``path`` itself: each of ``users`` once, in
-    that order, then delete the shards.
+    """Join the shard files of ``path`` into ``path`` itself, then delete the shards.
 
-    Every shard must have been written for ``meta`` (the same model and request) and the
-    shards together must hold exactly ``users``; a user in two shards must have the same
-    list in both (it is then written once). Raises :class:`PredictionError` otherwise,
-    leaving every file as it was. The merged file and its meta appear atomically.
+    As an unsharded predict appends: the users ``path`` already holds (for the same
+    ``meta``) stay first, then each other user of ``users`` once, in that order. Every shard
+    must have been written for ``meta`` (the same model and request) and the shards must
+    hold every user of ``users`` that ``path`` lacks; a user in two places must have the
+    same list in both. Raises :class:`PredictionError` otherwise, leaving every file as it
+    was. The merged file and its meta appear atomically.
     """
     path = Path(path)
-    records: dict[str, dict[str, Any]] = {}
+    finished = finished_records(path, meta)
+    records: dict[str, dict[str, Any]] = dict(finished)
     for shard in range(shards):
         part = shard_path(path, shard, shards)
         part_meta = part.with_suffix(".meta.json")
@@ -138,20 +129,48 @@ def merge_shards(path: str | Path, shards: int, users: Sequence[str], meta: dict
             f"the {shards} shards of {path} lack {len(missing)} user(s), e.g. {missing[0]!r}: "
             "a shard is unfinished (run it again; it continues where it stopped)"
         )
-    meta_path = path.with_suffix(".meta.json")
-    if path.exists() and (not meta_path.is_file() or read_json(meta_path) != meta):
-        raise PredictionError(
-            f"{path} exists and was written for another request; nothing was changed"
-        )
-    write_json(meta_path, meta)  # first: a file without its meta is refused later
+    order = list(finished) + [user for user in dict.fromkeys(users) if user not in finished]
+    write_json(path.with_suffix(".meta.json"), meta)  # first: a file without it is refused
     with atomic_write(path) as fh:
-        for user in users:
+        for user in order:
             fh.write(json.dumps(records[user], separators=(",", ":")) + "\n")
     for shard in range(shards):
         part = shard_path(path, shard, shards)
         part.unlink()
         part.with_suffix(".meta.json").unlink()
     return path
+
+
+def finished_records(path: str | Path, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The complete records (user -> record, in file order) of the prediction file
+    ``path`` if it was written for ``meta``; none if it does not exist. A partial last line
+    (a killed writer) is left out. Raises :class:`PredictionError` for another request's."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    meta_path = path.with_suffix(".meta.json")
+    if not meta_path.is_file() or read_json(meta_path) != meta:
+        raise PredictionError(
+            f"{path} exists and was written for another request (or not by semrec predict); "
+            "nothing was changed: delete it (and its .meta.json) or pick another --output"
+        )
+    return {record["user"]: record for record in complete_lines(path)[0]}
+
+
+def complete_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a prediction file's complete lines, and their bytes: a partial last
+    line (a writer killed mid-write) and anything after it are not read."""
+    records, size = [], 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            size += len(line)
+    return records, size
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from semrec.distributed import shard
 from semrec.serving.precache import (
     PredictionError,
     PredictionWriter,
+    finished_records,
     merge_shards,
     shard_path,
     write_parquet,
@@ -121,8 +122,11 @@ def predict_top_k(
     writer = PredictionWriter(path, meta)
     sequences = dataset.sequences()
     requested = [dataset.user_index()[user] for user in requested_users(run, users)]
-    if shard_of is not None:
-        requested = shard(requested, *shard_of)
+    if shard_of is not None:  # the users the merged file lacks, split the same in every shard
+        done = finished_records(
+            prediction_path(run, k, output), prediction_meta(run, k, exclude_seen)
+        )
+        requested = shard([u for u in requested if dataset.user_ids[u] not in done], *shard_of)
     pending = writer.pending([dataset.user_ids[u] for u in requested])
     index = dataset.user_index()
     max_history = run.config.dataset.max_history
@@ -197,7 +201,7 @@ def requested_users(run, users: Sequence[str] | None) -> list[str]:
 def predict_in_workers(
     run,
     workers: int,
-    worker_command: Callable[[int, int], list[str]],
+    worker_command: Callable[[int, int, int], list[str]],
     *,
     k: int,
     users: Sequence[str] | None,
@@ -205,11 +209,12 @@ def predict_in_workers(
     exclude_seen: bool,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Run ``workers`` predict processes (``worker_command(i, n)``: the command line of shard
-    ``i`` of ``n``) side by side, then merge their shards into one file; returns its path.
+    """Run ``workers`` predict processes (``worker_command(i, n, threads)``: the command line
+    of shard ``i`` of ``n`` with that many torch threads) side by side, then merge their
+    shards into one file; returns its path.
 
-    Each worker gets an equal share of this machine's cores (``OMP_NUM_THREADS``). A worker
-    that fails leaves its shard to be continued by the next call; nothing is merged then.
+    Each worker gets an equal share of this machine's cores. A worker that fails leaves its
+    shard to be continued by the next call; nothing is merged then.
     """
     import os
     import subprocess
@@ -219,7 +224,9 @@ def predict_in_workers(
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     echo(f"[predict] {workers} worker processes, {threads} thread(s) each")
-    processes = [subprocess.Popen(worker_command(i, workers), env=env) for i in range(workers)]
+    processes = [
+        subprocess.Popen(worker_command(i, workers, threads), env=env) for i in range(workers)
+    ]
     failed = [i for i, process in enumerate(processes) if process.wait() != 0]
     if failed:
         raise PredictionError(
@@ -254,6 +261,8 @@ def merge_predictions(
 def top_k_with_retries(search, beams: int, catalogue: int, inputs: dict, exclude, k: int):
     """Beam search; users left with fewer than ``k`` items (their beams ran into excluded
     items) are searched again with twice the beams, up to the catalogue size."""
+    if exclude is not None:
+        exclude = exclude.to(inputs["input_ids"].device)
     result = search(beams, inputs, exclude)
     items, scores, valid = result.items.clone(), result.scores.clone(), result.valid.clone()
     short = (valid.sum(dim=1) < k).nonzero().flatten()
