@@ -231,7 +231,7 @@ class TrainConfig(_Section):
     # at each validation (null: only at validations)
     checkpoint_every_n_steps: int | None = Field(200, ge=1)
     # Lightning's hardware and strategy, passed through unchanged (see README, "More than
-    # one GPU"): accelerator auto|cpu|gpu|..., strategy auto|ddp|fsdp|deepspeed_stage_2|...,
+    # one GPU"): accelerator auto|cpu|gpu|..., strategy auto|ddp|ddp_find_unused_...|...,
     # devices per node (an int, a list of device ids, or auto) and nodes. batch_size stays
     # per process: a step of N processes trains on N * batch_size examples.
     accelerator: str = "auto"
