@@ -39,11 +39,14 @@ def collision_groups(codes: torch.Tensor) -> list[torch.Tensor]:
     _check_matrix(codes)
     if codes.shape[0] == 0:
         return []
-    _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
-    by_row = torch.split(torch.argsort(inverse, stable=True), counts.tolist())
-    groups = [group for group in by_row if group.numel() > 1]
-    groups.sort(key=lambda group: int(group[0]))
-    return groups
+    inverse, counts = _unique_rows(codes)
+    shared = counts[inverse] > 1  # only rows in a group are split out (fast at 1M items)
+    members = torch.nonzero(shared).flatten()
+    members = members[torch.argsort(inverse[members], stable=True)]
+    sizes = counts[counts > 1]
+    groups = torch.split(members, sizes.tolist())
+    firsts = members[torch.cumsum(sizes, 0) - sizes]  # each group's smallest index
+    return [groups[i] for i in torch.argsort(firsts).tolist()]
 
 
 def collision_rate(codes: torch.Tensor) -> float:
@@ -203,7 +206,29 @@ def _row_ids(matrix: torch.Tensor) -> torch.Tensor:
     """An id per row such that equal rows get equal ids."""
     if matrix.shape[1] == 0:
         return torch.zeros(matrix.shape[0], dtype=torch.long)
-    return torch.unique(matrix, dim=0, return_inverse=True)[1]
+    return _unique_rows(matrix)[0]
+
+
+def _unique_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(matrix, dim=0, return_inverse=True, return_counts=True)[1:]``.
+
+    Rows are packed into one int64 key each (columns as digits of their own range, first
+    column most significant: the keys sort as the rows do, so the ids are the same) when the
+    ranges fit in 62 bits, which a 1-D unique sorts ~100x faster than rows at 1M items.
+    """
+    low = matrix.min(dim=0).values
+    spans = (matrix.max(dim=0).values - low + 1).tolist()
+    capacity = 1
+    for span in spans:
+        capacity *= span
+    if capacity >= 2**62:
+        _, inverse, counts = torch.unique(matrix, dim=0, return_inverse=True, return_counts=True)
+        return inverse, counts
+    keys = torch.zeros(matrix.shape[0], dtype=torch.long)
+    for column, span in enumerate(spans):
+        keys = keys * span + (matrix[:, column] - low[column])
+    _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    return inverse, counts
 
 
 def _check_matrix(codes: torch.Tensor) -> None:
