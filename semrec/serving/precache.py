@@ -41,24 +41,7 @@ class PredictionWriter:
 
     def _open(self) -> None:
         if self.path.exists():
-            if not self.meta_path.is_file():
-                raise PredictionError(
-                    f"{self.path} exists but has no {self.meta_path.name}: it was not written "
-                    "by semrec predict; move it away or choose another --output"
-                )
-            stored = read_json(self.meta_path)
-            differs = {
-                key: (stored.get(key), value)
-                for key, value in self.meta.items()
-                if stored.get(key) != value
-            }
-            if differs:
-                detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differs.items())
-                raise PredictionError(
-                    f"{self.path} was written for another request ({detail}); nothing was "
-                    "changed. Delete it (and its .meta.json) to start over, or pick another "
-                    "--output"
-                )
+            check_written_for(self.path, self.meta)
             self.done = self._complete_users()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +74,25 @@ class PredictionWriter:
         self.done.update(record["user"] for record in map(json.loads, lines))
 
 
+def check_written_for(path: Path, meta: dict[str, Any]) -> None:
+    """Raise :class:`PredictionError` unless the existing prediction file ``path`` was
+    written for ``meta`` (its ``.meta.json`` holds exactly that), naming what differs."""
+    meta_path = path.with_suffix(".meta.json")
+    if not meta_path.is_file():
+        raise PredictionError(
+            f"{path} exists but has no {meta_path.name}: it was not written by semrec "
+            "predict; move it away or choose another --output"
+        )
+    stored = read_json(meta_path)
+    differs = [key for key in dict.fromkeys([*meta, *stored]) if stored.get(key) != meta.get(key)]
+    if differs:
+        detail = ", ".join(f"{key}: {stored.get(key)!r} -> {meta.get(key)!r}" for key in differs)
+        raise PredictionError(
+            f"{path} was written for another request ({detail}); nothing was changed. "
+            "Delete it (and its .meta.json) to start over, or pick another --output"
+        )
+
+
 def shard_path(path: str | Path, shard: int, shards: int) -> Path:
     """Where shard ``shard`` of ``shards`` of the prediction file ``path`` is written."""
     path = Path(path)
@@ -112,12 +114,9 @@ def merge_shards(path: str | Path, shards: int, users: Sequence[str], meta: dict
     records: dict[str, dict[str, Any]] = dict(finished)
     for shard in range(shards):
         part = shard_path(path, shard, shards)
-        part_meta = part.with_suffix(".meta.json")
-        if not part.is_file() or not part_meta.is_file():
+        if not part.is_file():
             raise PredictionError(f"{part}: shard {shard} of {shards} was not written")
-        stored = {k: v for k, v in read_json(part_meta).items() if k != "shard"}
-        if stored != meta:
-            raise PredictionError(f"{part_meta} was written for another request than {path}")
+        check_written_for(part, {**meta, "shard": [shard, shards]})
         for record in read_predictions(part):
             user = record["user"]
             if user in records and records[user] != record:
@@ -148,12 +147,7 @@ def finished_records(path: str | Path, meta: dict[str, Any]) -> dict[str, dict[s
     path = Path(path)
     if not path.exists():
         return {}
-    meta_path = path.with_suffix(".meta.json")
-    if not meta_path.is_file() or read_json(meta_path) != meta:
-        raise PredictionError(
-            f"{path} exists and was written for another request (or not by semrec predict); "
-            "nothing was changed: delete it (and its .meta.json) or pick another --output"
-        )
+    check_written_for(path, meta)
     return {record["user"]: record for record in complete_lines(path)[0]}
 
 

@@ -116,17 +116,14 @@ def predict_top_k(
 
     path = prediction_path(run, k, output)
     meta = prediction_meta(run, k, exclude_seen)
-    if shard_of is not None:
+    requested = [dataset.user_index()[user] for user in requested_users(run, users)]
+    if shard_of is not None:  # the users the merged file lacks, split the same in every shard
+        done = finished_records(path, meta)
+        requested = shard([u for u in requested if dataset.user_ids[u] not in done], *shard_of)
         path = shard_path(path, *shard_of)
         meta = {**meta, "shard": list(shard_of)}
     writer = PredictionWriter(path, meta)
     sequences = dataset.sequences()
-    requested = [dataset.user_index()[user] for user in requested_users(run, users)]
-    if shard_of is not None:  # the users the merged file lacks, split the same in every shard
-        done = finished_records(
-            prediction_path(run, k, output), prediction_meta(run, k, exclude_seen)
-        )
-        requested = shard([u for u in requested if dataset.user_ids[u] not in done], *shard_of)
     pending = writer.pending([dataset.user_ids[u] for u in requested])
     index = dataset.user_index()
     max_history = run.config.dataset.max_history
