@@ -1,31 +1,35 @@
-"""LLM training step: semrec's against a plain Hugging Face + PEFT loop, in one run.
+"""LLM training step: a plain HF + PEFT loop, semrec's text step and its windows, in one run.
 
-Run: ``python benchmarks/training.py`` (``--steps``, ``--config``, ``--threads``). Prints
-one JSON object.
+Run: ``python benchmarks/training.py`` (``--steps``, ``--config``, ``--threads``,
+``--keep-layers``). Prints one JSON object.
 
-Both loops train the same model (the config's backbone with its LoRA and SID tokens;
-default the quickstart's SmolLM2-135M), on the same training pairs (the first
-``steps x batch_size`` pairs of the quickstart's epoch 0), with the same batch size,
-optimizer (AdamW) and precision (the config's ``train.precision``, resolved for this
-machine). They differ only in what semrec changes:
+Every case trains the config's backbone (default the quickstart's SmolLM2-135M) with its
+LoRA and SID tokens, with the same batch size, optimizer (AdamW) and precision (the
+config's ``train.precision``, resolved for this machine), on the same users' training
+prefixes. They differ only in what semrec changes:
 
-- ``plain``: the usual fine-tuning loop: batches in the epoch's order, padded to the
-  batch's longest pair, ``model(**batch).loss`` (logits at every position);
-- ``semrec``: :func:`semrec.data.datamodule.epoch_batches` with length bucketing, and
-  :func:`semrec.models.loss.response_loss` (the output layer only at labelled positions).
+- ``plain``: the usual fine-tuning loop over text prompts (``model.prompt_format: text``):
+  batches in the epoch's order, padded to the batch's longest pair, ``model(**batch).loss``
+  (logits at every position); one prompt is one target;
+- ``text``: the same pairs through :func:`semrec.data.datamodule.epoch_batches` (length
+  bucketing) and :func:`semrec.models.loss.response_loss` (the output layer only at
+  labelled positions);
+- ``windows``: ``model.prompt_format: compact``: one window of a user's sequence scores
+  up to ``model.compact_window`` targets in one pass (``semrec.data.compact``);
+- ``windows_keep_N``: the same windows on the backbone's first ``N`` layers
+  (``model.keep_layers``), for each ``--keep-layers`` value.
 
-Each loop first runs ``--warmup`` untimed steps, then the timed ones; the two loops
-alternate ``--repeats`` times from the same initial weights and each reports its best
-time. The rates count useful tokens only: ``real`` tokens are the non-padding ones,
-``labelled`` the response tokens (neither padding nor ignored by the loss), each counted
-over the loop's own timed batches (its warm-up batches are other pairs of the same set).
-The CPU is named in the output: the ratio depends on it (AMX-BF16 or not).
+Each case first runs ``--warmup`` untimed steps, then the timed ones; cases alternate
+``--repeats`` times from their initial weights and each reports its best time. The rates
+count useful work over the case's own timed batches: ``targets`` are the items whose SID
+is learnt (one per text pair, every target of a window), ``labelled`` tokens the ones the
+loss scores, ``real`` tokens the non-padding ones. The CPU is named in the output: ratios
+depend on it (AMX-BF16 or not).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -40,6 +44,7 @@ from machine import cpu_name, has_amx_bf16  # noqa: E402  (benchmarks/machine.py
 
 from semrec.config import load_config  # noqa: E402
 from semrec.data.datamodule import epoch_batches  # noqa: E402
+from semrec.factories.training import resolve_precision  # noqa: E402
 from semrec.models.loss import response_loss  # noqa: E402
 from semrec.models.prompting import IGNORE_INDEX  # noqa: E402
 from semrec.pipeline import Run  # noqa: E402
@@ -70,55 +75,96 @@ def hf_loss(model, batch) -> torch.Tensor:
     ).loss
 
 
+def batch_counts(batch) -> dict[str, int]:
+    mask = batch["attention_mask"]
+    real = int(batch["tokens"]) if "tokens" in batch else int(mask.sum())
+    labelled = int((batch["labels"] != IGNORE_INDEX).sum())
+    targets = int(batch["examples"]) if "examples" in batch else batch["input_ids"].shape[0]
+    return {
+        "real": real,
+        "labelled": labelled,
+        "targets": targets,
+        "padded": batch["input_ids"].numel(),
+    }
+
+
+def build(config_path: str, overrides: list[str]):
+    """(model, training source, precision) of the config with ``overrides``."""
+    config = load_config(config_path, [f"run_dir={ROOT / 'runs' / 'bench_training'}", *overrides])
+    run = Run(config, echo=lambda line: print(line, file=sys.stderr))
+    model, hf_tokenizer, _ = run.build_model()
+    return model, run.datamodule(hf_tokenizer).training, resolve_precision(config.train), config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "experiments" / "quickstart.yaml"))
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--window", type=int, default=32, help="model.compact_window")
+    parser.add_argument(
+        "--keep-layers", default="8", help="comma-separated model.keep_layers cases ('' for none)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=4")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    config = load_config(
-        args.config, [f"run_dir={ROOT / 'runs' / 'bench_training'}", *args.overrides]
-    )
-    run = Run(config, echo=lambda line: print(line, file=sys.stderr))
-    model, hf_tokenizer, _ = run.build_model()
-    training = run.datamodule(hf_tokenizer).training
+    needed = args.steps + args.warmup
+    text = ["model.prompt_format=text", "model.keep_layers=null", *args.overrides]
+    model, training, precision, config = build(args.config, text)
     size = config.train.batch_size
-    pairs = list(training.epoch_items(0))[: (args.steps + args.warmup) * size]
-    if len(pairs) < (args.steps + args.warmup) * size:
+    pairs = list(training.epoch_items(0))[: needed * size]
+    if len(pairs) < needed * size:
         raise SystemExit(f"the epoch has only {len(pairs)} pairs; lower --steps")
-    plain_batches = [training.collate(pairs[i : i + size]) for i in range(0, len(pairs), size)]
-    order = epoch_batches([len(ids) for ids, _ in pairs], size, config.seed)
-    semrec_batches = [training.collate([pairs[i] for i in batch]) for batch in order]
-    precision = run.precision
+    cases = {
+        "plain": (
+            model,
+            [training.collate(pairs[i : i + size]) for i in range(0, len(pairs), size)],
+            hf_loss,
+        ),
+        "text": (
+            model,
+            [
+                training.collate([pairs[i] for i in batch])
+                for batch in epoch_batches([len(ids) for ids, _ in pairs], size, config.seed)
+            ],
+            response_loss,
+        ),
+    }
+    depths = [None] + [int(n) for n in args.keep_layers.split(",") if n.strip()]
+    for depth in depths:
+        windowed = [
+            "model.prompt_format=compact",
+            f"model.compact_window={args.window}",
+            f"model.keep_layers={'null' if depth is None else depth}",
+            *args.overrides,
+        ]
+        model_w, windows, _, _ = build(args.config, windowed)
+        items = list(windows.epoch_items(0))
+        order = epoch_batches([windows.length(w) for w in items], size, config.seed)[:needed]
+        batches = [windows.collate([items[i] for i in batch]) for batch in order]
+        cases["windows" if depth is None else f"windows_keep_{depth}"] = (
+            model_w,
+            batches,
+            response_loss,
+        )
     autocast = precision == "bf16-mixed"
     if precision not in ("32", "bf16-mixed"):
         raise SystemExit(f"train.precision {precision!r}: this benchmark runs 32 or bf16-mixed")
 
-    def useful(batches, start: int) -> dict[str, int]:
-        timed = batches[start:]
-        return {
-            "real": int(sum(b["attention_mask"].sum() for b in timed)),
-            "labelled": int(sum((b["labels"] != IGNORE_INDEX).sum() for b in timed)),
-            "padded": int(sum(b["input_ids"].numel() for b in timed)),
-        }
-
-    initial = copy.deepcopy({n: p.detach().clone() for n, p in model.named_parameters()})
-    times: dict[str, list[float]] = {"plain": [], "semrec": []}
+    initial = {
+        name: {n: p.detach().clone() for n, p in case[0].named_parameters()}
+        for name, case in cases.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, batches, loss_fn in (
-            ("plain", plain_batches, hf_loss),
-            ("semrec", semrec_batches, response_loss),
-        ):
+        for name, (case_model, batches, loss_fn) in cases.items():
             with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(initial[n])
-            times[name].append(run_loop(model, batches, loss_fn, autocast, args.warmup))
+                for n, p in case_model.named_parameters():
+                    p.copy_(initial[name][n])
+            times[name].append(run_loop(case_model, batches, loss_fn, autocast, args.warmup))
 
     result = {
         "benchmark": "training_step",
@@ -128,25 +174,28 @@ def main() -> None:
         "backbone": config.model.backbone,
         "precision": precision,
         "batch_size": size,
+        "compact_window": args.window,
         "timed_steps": args.steps,
         "repeats": args.repeats,
     }
-    for name, batches in (("plain", plain_batches), ("semrec", semrec_batches)):
+    for name, (_, batches, _) in cases.items():
         seconds = min(times[name])
-        counts = useful(batches, args.warmup)
+        counts = {k: 0 for k in ("real", "labelled", "targets", "padded")}
+        for batch in batches[args.warmup :]:
+            for key, value in batch_counts(batch).items():
+                counts[key] += value
         result[name] = {
             "seconds": round(seconds, 3),
+            "targets_per_s": round(counts["targets"] / seconds, 2),
             "real_tokens_per_s": round(counts["real"] / seconds, 1),
             "labelled_tokens_per_s": round(counts["labelled"] / seconds, 1),
             "padding_fraction": round(1 - counts["real"] / counts["padded"], 3),
             "all_seconds": [round(t, 3) for t in times[name]],
         }
-    result["ratio_real_tokens_per_s"] = round(
-        result["semrec"]["real_tokens_per_s"] / result["plain"]["real_tokens_per_s"], 3
-    )
-    result["ratio_labelled_tokens_per_s"] = round(
-        result["semrec"]["labelled_tokens_per_s"] / result["plain"]["labelled_tokens_per_s"], 3
-    )
+    base = result["plain"]["targets_per_s"]
+    result["targets_per_s_vs_plain"] = {
+        name: round(result[name]["targets_per_s"] / base, 2) for name in cases
+    }
     print(json.dumps(result, indent=2))
 
 

@@ -135,7 +135,9 @@ class LoraConfig(_Section):
 class SemanticInitConfig(_Section):
     """TS-Rec SA-Init: SID token rows start as the mean embedding of their keywords' sub-tokens.
 
-    Needs ``token_semantics`` annotations (``semrec annotate --kind token_semantics``).
+    ``source: token_semantics`` (TS-Rec) reads the keywords from ``token_semantics``
+    annotations (``semrec annotate --kind token_semantics``); ``source: item_texts`` uses
+    the texts of the items carrying each token instead (no extraction LLM needed).
     ``depth`` initialises the first ``depth`` SID levels this way (TS-Rec Figure 4; ``null``:
     every level); tokens of deeper levels, and tokens without usable keywords, keep
     ``model.embedding_init``.
@@ -143,6 +145,7 @@ class SemanticInitConfig(_Section):
 
     enabled: bool = False
     depth: int | None = Field(None, ge=1)
+    source: Literal["token_semantics", "item_texts"] = "token_semantics"
 
 
 class ScratchConfig(_Section):
@@ -158,12 +161,20 @@ class ScratchConfig(_Section):
 class ModelConfig(_Section):
     # embedded | tiny | scratch | a hub id | a local directory or .gguf file
     backbone: str = "embedded"
-    # text: tasks' instructions through the chat (or plain) template; compact: the bare SID
-    # tokens of the history, a separator and the target (semrec.data.compact; scratch only)
+    # text: tasks' instructions through the chat (or plain) template; compact: windows of a
+    # user's items as <sep> + SID tokens, every target scored in one pass (semrec.data.compact)
     prompt_format: Literal["text", "compact"] = "text"
     scratch: ScratchConfig = ScratchConfig()
     # compact format: training targets per window of one user's sequence (speed only)
     compact_window: int = Field(64, ge=1)
+    # compact format, pretrained backbones: text opening every window and prompt (null: none;
+    # the tokenizer's BOS token, if it adds one, comes first either way)
+    compact_instruction: str | None = None
+    # compact format, pretrained backbones: the first this many tokens of each item's text
+    # written after its SID (0: SID only)
+    compact_title_tokens: int = Field(0, ge=0, le=64)
+    # pretrained backbones: keep only the first N decoder layers (null: all of them)
+    keep_layers: int | None = Field(None, ge=1)
     quantization: Literal["nf4", "fp4"] | None = None
     embedding_init: Literal["mean_resizing", "mean", "random"] = "mean_resizing"
     semantic_init: SemanticInitConfig = SemanticInitConfig()
@@ -214,6 +225,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     gradient_clip: float | None = 1.0
+    # the training softmax: over the whole vocabulary, or over the SID tokens only (the
+    # output layer computes their rows alone; needs eval.score_mode: renormalized, the
+    # decoding that scores the same way)
+    softmax: Literal["full_vocab", "sid_tokens"] = "full_vocab"
     # auto: bf16-mixed on a CUDA GPU with bf16 or a CPU with AMX-BF16, else 32 (without AMX,
     # CPU bf16 matmuls are ~5x slower than fp32: measured 22.9 vs 4.6 ms for 400x576x1536)
     precision: Literal["auto", "32", "bf16-mixed", "bf16-true"] = "auto"
@@ -221,6 +236,8 @@ class TrainConfig(_Section):
     check_val_every_n_epoch: int = Field(1, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
+    # a "[train] step N: loss ..., examples/s" line in the run's output this often (null: off)
+    report_every_n_steps: int | None = Field(100, ge=1)
     # Lightning's progress bars while training and testing (off: e.g. in notebooks and logs)
     progress_bar: bool = True
     # batches of similar-length items (less padding); every item still once per epoch
@@ -410,6 +427,11 @@ class ExperimentConfig(_Section):
             )
         self._check_beams()
         self._check_candidates()
+        if self.train.softmax == "sid_tokens" and self.eval.score_mode != "renormalized":
+            raise ConfigError(
+                "train.softmax: sid_tokens trains a softmax over the SID tokens only; decode "
+                "the same way with eval.score_mode: renormalized"
+            )
 
     def needs_candidates(self) -> bool:
         """Whether a task (or the eval task) ranks retrieved candidates."""
@@ -484,7 +506,8 @@ class ExperimentConfig(_Section):
             )
 
     def _check_prompt_format(self) -> None:
-        """``scratch`` and ``compact`` go together: a scratch model reads no natural text."""
+        """A scratch model reads no natural text: it needs ``compact``, and neither text in
+        its windows nor layers to drop; text options of ``compact`` need ``compact``."""
         model = self.model
         scratch, compact = model.backbone == "scratch", model.prompt_format == "compact"
         if scratch and not compact:
@@ -492,11 +515,25 @@ class ExperimentConfig(_Section):
                 "model.prompt_format: the scratch backbone has no text vocabulary; set "
                 "model.prompt_format: compact"
             )
-        if compact and not scratch:
+        window_text = {
+            "model.compact_instruction": model.compact_instruction is not None,
+            "model.compact_title_tokens": model.compact_title_tokens > 0,
+        }
+        for key, used in window_text.items():
+            if used and not compact:
+                raise ConfigError(
+                    f"{key}: only the compact format writes it; set "
+                    "model.prompt_format: compact or leave it unset"
+                )
+            if used and scratch:
+                raise ConfigError(f"{key}: the scratch backbone reads no text; leave it unset")
+        if model.keep_layers is not None and scratch:
             raise ConfigError(
-                f"model.prompt_format: compact is the scratch backbone's format; "
-                f"{model.backbone!r} reads text prompts (model.prompt_format: text)"
+                "model.keep_layers: drops layers of a pretrained backbone; the scratch "
+                "backbone's depth is model.scratch.layers"
             )
+        if compact:
+            self._check_compact_tasks()
         if not scratch:
             return
         problems = {
@@ -516,11 +553,13 @@ class ExperimentConfig(_Section):
         for key, problem in problems.items():
             if problem:
                 raise ConfigError(f"{key}: {problem}")
+
+    def _check_compact_tasks(self) -> None:
         other = sorted({t.name for t in self.tasks} - {"seq"} | ({self.eval.task} - {"seq"}))
         if other:
             raise ConfigError(
                 f"tasks: the compact format trains next-item prediction only ('seq'); "
-                f"{other} need text prompts"
+                f"{other} need text prompts (model.prompt_format: text)"
             )
 
     def _check_beams(self) -> None:
@@ -574,6 +613,7 @@ NOT_TRAINING = (
     "train.devices",
     "train.num_nodes",
     "train.log_every_n_steps",
+    "train.report_every_n_steps",
     "train.progress_bar",
     "train.checkpoint_every_n_steps",
     "annotate.batch_size",
@@ -616,12 +656,34 @@ def _selected(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+#: Keys added after run directories already existed. While at their default they are left
+#: out of stage fingerprints, so the runs written before them are still reused and resumed.
+LATE_KEYS = (
+    "model.compact_instruction",
+    "model.compact_title_tokens",
+    "model.keep_layers",
+    "train.softmax",
+    "model.semantic_init.source",
+)
+
+
 def config_section(config: ExperimentConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
-    """The flattened keys of ``config`` under ``prefixes`` (minus speed/logging-only keys)."""
+    """The flattened keys of ``config`` under ``prefixes`` (minus speed/logging-only keys,
+    and :data:`LATE_KEYS` at their default)."""
     flat = flatten_config(config.model_dump(mode="json"))
+    defaults = _late_defaults()
     return {
-        k: v for k, v in flat.items() if _selected(k, prefixes) and not _selected(k, NOT_TRAINING)
+        k: v
+        for k, v in flat.items()
+        if _selected(k, prefixes)
+        and not _selected(k, NOT_TRAINING)
+        and not (k in defaults and v == defaults[k])
     }
+
+
+def _late_defaults() -> dict[str, Any]:
+    flat = flatten_config(ExperimentConfig().model_dump(mode="json"))
+    return {key: flat[key] for key in LATE_KEYS}
 
 
 def config_diff(

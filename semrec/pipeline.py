@@ -179,7 +179,8 @@ class Run(RunTokenizers):
 
         Also written to ``run_dir/token_semantics.json`` for inspection.
         """
-        uses = self.config.model.semantic_init.enabled or any(
+        init = self.config.model.semantic_init
+        uses = (init.enabled and init.source == "token_semantics") or any(
             "token_semantics" in task.requires for task, _ in self.tasks
         )
         if not uses:
@@ -220,6 +221,7 @@ class Run(RunTokenizers):
             seed=self.config.seed,
             user_tokenizer=self.user_tokenizer,
             token_semantics=self.token_semantics,
+            item_texts=self.data.item_texts,
             echo=self.echo,
         )
         self._timed("load_model", start)
@@ -267,7 +269,9 @@ class Run(RunTokenizers):
     def datamodule(self, hf_tokenizer) -> GenRecDataModule:
         split = self.data.split
         if self.config.model.prompt_format == "compact":
-            source = training.compact_sequences(self.config, split, self.tokenizer, hf_tokenizer)
+            source = training.compact_sequences(
+                self.config, split, self.tokenizer, hf_tokenizer, self.data.item_texts
+            )
         else:
             source = training.task_pairs(
                 self.config,
@@ -328,7 +332,7 @@ class Run(RunTokenizers):
         cfg = self.config
         if self.dynamic_tokenizers and training.multi_process(cfg.train):
             raise NotImplementedError(JOINT_ON_PROCESSES.format(", ".join(self.dynamic_tokenizers)))
-        model, hf_tokenizer, _ = self.build_model()
+        model, hf_tokenizer, sid_ids = self.build_model()
         joint_trainer = self.prepare_joint(model, hf_tokenizer)
         adapter_dir = self.run_dir / "adapter"
         fingerprint = self.train_fingerprint()
@@ -347,6 +351,7 @@ class Run(RunTokenizers):
             joint=joint_trainer,
             trie_builder=joint.trie_builder(self.tokenizer, hf_tokenizer),
             batch_encoder=getattr(datamodule.training, "encode_pending", None),
+            sid_token_ids=sid_ids,
         )
         if reuse:
             self.directory.check_vocabulary(hf_tokenizer)

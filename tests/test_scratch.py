@@ -74,7 +74,10 @@ def test_a_second_run_reuses_the_fitted_baselines(scratch_run, tmp_path) -> None
     ("override", "message"),
     [
         (["model.backbone=scratch"], "model.prompt_format"),
-        (["model.prompt_format=compact"], "scratch backbone's format"),
+        (["model.compact_instruction=hi"], "only the compact format"),
+        ([*SCRATCH[:3], "model.compact_title_tokens=4"], "reads no text"),
+        ([*SCRATCH[:3], "model.keep_layers=1"], "model.scratch.layers"),
+        (["model.prompt_format=compact", "tasks=[{name: item2index}]"], "'seq'"),
         ([*SCRATCH[:3], "model.lora.enabled=true"], "model.lora.enabled"),
         ([*SCRATCH[:3], "tasks=[{name: seq}, {name: item2index}]"], "'seq'"),
         (["eval.baselines=[popularity, sasrek]"], "sasrec"),

@@ -1,8 +1,11 @@
-"""The compact prompt format (``model.prompt_format: compact``): SID tokens only, no text.
+"""The compact prompt format (``model.prompt_format: compact``): items as SID tokens.
 
-An item is written as a separator followed by its SID tokens, ``<sep> <a_3> <b_7> <c_1>``.
-A prompt is the history's items followed by one more ``<sep>``; the response is the
-target's SID tokens. This is TIGER's generative retrieval as a decoder-only model.
+An item is written as a separator followed by its SID tokens, ``<sep> <a_3> <b_7> <c_1>``,
+optionally followed by a few tokens of its title (``suffixes``, never predicted). A prompt
+is an optional ``prefix`` (e.g. a short instruction), the history's items and one more
+``<sep>``; the response is the target's SID tokens. Without prefix and titles this is
+TIGER's generative retrieval as a decoder-only model; with them a pretrained LLM reads
+text it knows around the new tokens.
 
 Training sees every training prefix of ``split.train`` once per epoch. A user's
 consecutive training examples form one token sequence, cut into windows of
@@ -24,6 +27,12 @@ kept as item lists and written out in tokens when their batch's step begins
 (:meth:`CompactSequences.encode_pending`, as for the text formats), and evaluation prompts
 when they are batched; training batches then also carry ``sid_items``.
 
+The ``prefix`` opens every window and every prompt, and every token of the window may
+attend to it (for a pretrained LLM it is also the attention sink its first tokens always
+were). A target far along a window sees the prefix from farther away than its standalone
+prompt does, so with a prefix and rotary positions windows are exact only with
+``window_items: 1``.
+
 A window is one training item; batches hold ``attention_mask`` as a boolean
 ``[B, 1, T, T]`` mask (True: may attend), ``position_ids``, ``examples`` (prefixes) and
 ``tokens`` (non-padding tokens). Positions restart at 0 in every window: with rotary
@@ -40,6 +49,11 @@ import torch
 
 from semrec.data.batching import IGNORE_INDEX, left_pad
 from semrec.data.split import Example, Split
+
+#: the item position of prefix tokens: every token may attend to them
+PREFIX_POSITION = -1
+#: the item position of padding: far from every real item, so nothing attends to it
+PADDING_POSITION = -(10**9)
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,8 @@ class CompactSequences:
         max_history: the split's history cap: how many earlier items a target attends to.
         window_items: training targets per window (speed only: longer windows repeat less
             context but cost more attention per token).
+        prefix: token ids opening every window and prompt (e.g. an instruction); may be empty.
+        suffixes: per item, token ids written after its SID (e.g. its title), or None.
 
     Windows are built once; an epoch is all of them (:meth:`epoch_items`).
     ``item_tokens`` may be a function returning the current table (codes that change).
@@ -113,9 +129,15 @@ class CompactSequences:
         pad_id: int,
         max_history: int,
         window_items: int = 64,
+        prefix: list[int] | tuple[int, ...] = (),
+        suffixes: list[list[int]] | None = None,
     ) -> None:
         if window_items < 1:
             raise ValueError(f"window_items must be >= 1, got {window_items}")
+        if suffixes is not None and len(suffixes) != split.num_items:
+            raise ValueError(f"suffixes has {len(suffixes)} rows for {split.num_items} items")
+        self.prefix = list(prefix)
+        self.suffixes = suffixes
         self.sep_id = sep_id
         self.pad_id = pad_id
         self.max_history = max_history
@@ -133,6 +155,8 @@ class CompactSequences:
         ]
         # batching lengths must not follow the codes: every item counted at its widest now
         self._item_width = max(len(tokens) for tokens in table)
+        if suffixes is not None:
+            self._item_width += max(len(tokens) for tokens in suffixes)
         self.windows = None if self.dynamic else [self._window(plan) for plan in self.plans]
         self.num_examples = sum(plan.examples for plan in self.plans)
 
@@ -156,15 +180,20 @@ class CompactSequences:
 
     def _window(self, plan: WindowPlan, table: list[list[int]] | None = None) -> Window:
         table = self.item_tokens if table is None else table
-        ids, positions, labels = [], [], []
+        ids = list(self.prefix)
+        positions = [PREFIX_POSITION] * len(ids)
+        labels = [IGNORE_INDEX] * len(ids)
         for offset, item in enumerate(plan.items):
             tokens = table[item]
+            suffix = self.suffixes[item] if self.suffixes is not None else []
             ids.extend(tokens)
-            positions.extend([offset] * len(tokens))
+            ids.extend(suffix)
+            positions.extend([offset] * (len(tokens) + len(suffix)))
             # the separator is given; a target's SID tokens after it are predicted
             predicted = offset >= plan.first_target
             labels.append(IGNORE_INDEX)
             labels.extend(tokens[1:] if predicted else [IGNORE_INDEX] * (len(tokens) - 1))
+            labels.extend([IGNORE_INDEX] * len(suffix))
         return Window(
             torch.tensor(ids, dtype=torch.long),
             torch.tensor(positions, dtype=torch.long),
@@ -181,7 +210,7 @@ class CompactSequences:
 
     def length(self, window) -> int:
         if isinstance(window, WindowPlan):  # independent of the current codes
-            return len(window.items) * self._item_width
+            return len(self.prefix) + len(window.items) * self._item_width
         return len(window.input_ids)
 
     def examples_per_epoch(self, epoch: int) -> int:
@@ -208,8 +237,7 @@ class CompactSequences:
         batch = len(windows)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        # padding gets an item position far from every real one, so nothing attends to it
-        item_position = torch.full((batch, width), -(10**9), dtype=torch.long)
+        item_position = torch.full((batch, width), PADDING_POSITION, dtype=torch.long)
         for row, window in enumerate(windows):
             n = len(window.input_ids)
             input_ids[row, :n] = window.input_ids
@@ -217,7 +245,8 @@ class CompactSequences:
             item_position[row, :n] = window.item_position
         query, key = item_position.unsqueeze(2), item_position.unsqueeze(1)
         causal = torch.ones(width, width, dtype=torch.bool).tril()
-        mask = causal & (query - key <= self.max_history) & (key >= 0)
+        recent = (query - key <= self.max_history) & (key >= 0)
+        mask = causal & (recent | (key == PREFIX_POSITION))
         # a padded query attends to itself only: no fully masked row (NaN in SDPA)
         mask |= torch.eye(width, dtype=torch.bool)
         return {
@@ -234,9 +263,13 @@ class CompactSequences:
     def prompt_ids(
         self, history: tuple[int, ...], table: list[list[int]] | None = None
     ) -> list[int]:
-        """The prompt for one history: its last ``max_history`` items, then ``<sep>``."""
+        """The prompt for one history: the prefix, its last ``max_history`` items, ``<sep>``."""
         table = self.item_tokens if table is None else table
-        ids = [token for item in history[-self.max_history :] for token in table[item]]
+        ids = list(self.prefix)
+        for item in history[-self.max_history :]:
+            ids.extend(table[item])
+            if self.suffixes is not None:
+                ids.extend(self.suffixes[item])
         return [*ids, self.sep_id]
 
     def eval_prompts(self, examples: list[Example]) -> list:

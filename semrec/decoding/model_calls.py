@@ -124,7 +124,7 @@ class StepLogits:
         sid_ids = trie.sid_token_ids
         self._sid_ids = sid_ids
         self._head = head
-        self._rows = _head_rows(head, sid_ids)
+        self._rows = head_rows(head, sid_ids)
         self.token_column = torch.zeros(trie.vocab_size, dtype=torch.long, device=sid_ids.device)
         self.token_column[sid_ids] = torch.arange(len(sid_ids), device=sid_ids.device)
         self._call = self._sliced_call
@@ -279,7 +279,7 @@ def _check_plain_head(causal_lm: nn.Module) -> None:
             )
 
 
-def _head_rows(
+def head_rows(
     head: nn.Module, ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight rows, bias rows) of ``ids`` in the effective output layer, or None if unknown."""

@@ -37,10 +37,14 @@ def eval_autocast(cfg: EvalConfig) -> torch.dtype | None:
 
 
 def beam_search(cfg: EvalConfig, num_beams: int | None = None) -> ConstrainedBeamSearch:
-    """The constrained beam search of ``eval:`` (``num_beams`` overrides ``eval.num_beams``)."""
+    """The constrained beam search of ``eval:`` (``num_beams`` overrides ``eval.num_beams``).
+
+    A renormalised score reads only the SID rows of the output layer, so only those are
+    computed (the same scores, without the text vocabulary's rows)."""
     return ConstrainedBeamSearch(
         num_beams=num_beams or cfg.num_beams,
         score_mode=cfg.score_mode,
+        sid_rows_only=cfg.score_mode == "renormalized",
         autocast_dtype=eval_autocast(cfg),
     )
 

@@ -18,6 +18,7 @@ def build_model(
     seed: int,
     user_tokenizer: ItemTokenizer | None = None,
     token_semantics: dict[str, Any] | None = None,
+    item_texts: list[str] | None = None,
     echo: Callable[[str], None] = print,
 ):
     """Backbone + SID tokens (+ SA-Init) + LoRA; returns (model, hf_tokenizer, sid_token_ids).
@@ -25,8 +26,13 @@ def build_model(
     The SID tokens are the items' and, with ``user_tokenizer``, the users' after them.
     """
     from semrec.models.adapters import apply_lora, count_parameters
-    from semrec.models.backbone import load_backbone, scratch_backbone
-    from semrec.models.vocabulary import add_sid_tokens
+    from semrec.models.backbone import (
+        SEPARATOR,
+        keep_first_layers,
+        load_backbone,
+        scratch_backbone,
+    )
+    from semrec.models.vocabulary import add_item_separator, add_sid_tokens
 
     tokens = tokenizer.token_strings()
     if user_tokenizer is not None:
@@ -40,11 +46,28 @@ def build_model(
             tiny_hidden_size=cfg.tiny_hidden_size,
             seed=seed,
         )
+        if cfg.keep_layers is not None:
+            kept = keep_first_layers(model, cfg.keep_layers)
+            echo(f"[model] kept the first {kept.config.num_hidden_layers} decoder layers")
     sid_ids = add_sid_tokens(model, hf_tokenizer, tokens, init=cfg.embedding_init, seed=seed)
+    trainable_ids = list(sid_ids)
+    if cfg.prompt_format == "compact" and cfg.backbone != "scratch":
+        # the item separator is new to the LLM too: it trains with the SID rows
+        separator = add_item_separator(
+            model, hf_tokenizer, SEPARATOR, init=cfg.embedding_init, seed=seed
+        )
+        trainable_ids.append(separator)
     if cfg.semantic_init.enabled:
-        from semrec.models.semantic_init import semantic_init
+        from semrec.models.semantic_init import item_text_keywords, semantic_init
 
-        keywords = {token: sem.keywords for token, sem in (token_semantics or {}).items()}
+        if cfg.semantic_init.source == "item_texts":
+            if not item_texts:
+                raise RunError("model.semantic_init.source: item_texts needs the items' texts")
+            keywords = item_text_keywords(
+                tokenizer.codes, tokenizer.level_token_strings(), item_texts
+            )
+        else:
+            keywords = {token: sem.keywords for token, sem in (token_semantics or {}).items()}
         report = semantic_init(
             model,
             hf_tokenizer,
@@ -57,7 +80,7 @@ def build_model(
         lora = cfg.lora
         model = apply_lora(
             model,
-            sid_ids,
+            trainable_ids,
             r=lora.r,
             alpha=lora.alpha,
             dropout=lora.dropout,

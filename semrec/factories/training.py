@@ -26,8 +26,39 @@ def build_tasks(config: ExperimentConfig) -> list[tuple[Task, float]]:
     return [(TASKS.get(t.name)(**t.params), t.weight) for t in config.tasks]
 
 
+def compact_prefix(config: ExperimentConfig, hf_tokenizer) -> list[int]:
+    """Tokens opening every compact window and prompt: for a pretrained backbone the
+    tokenizer's special start tokens (BOS, if it adds one) and ``model.compact_instruction``."""
+    model = config.model
+    if model.backbone == "scratch":
+        return []
+    text = model.compact_instruction or ""
+    return list(hf_tokenizer(text, add_special_tokens=True).input_ids)
+
+
+def compact_titles(
+    config: ExperimentConfig, hf_tokenizer, item_texts: list[str] | None
+) -> list[list[int]] | None:
+    """Per item, the first ``model.compact_title_tokens`` tokens of its text (None: off)."""
+    count = config.model.compact_title_tokens
+    if count == 0:
+        return None
+    if item_texts is None:
+        raise RunError(
+            "model.compact_title_tokens: the dataset has no item texts to write after the SIDs"
+        )
+    return [
+        list(hf_tokenizer(" " + text, add_special_tokens=False).input_ids[:count])
+        for text in item_texts
+    ]
+
+
 def compact_sequences(
-    config: ExperimentConfig, split: Split, tokenizer: ItemTokenizer, hf_tokenizer
+    config: ExperimentConfig,
+    split: Split,
+    tokenizer: ItemTokenizer,
+    hf_tokenizer,
+    item_texts: list[str] | None = None,
 ) -> CompactSequences:
     """The compact format's training windows (``model.prompt_format: compact``); a dynamic
     tokenizer's are written out in its current codes when batched."""
@@ -52,6 +83,8 @@ def compact_sequences(
         pad_id=hf_tokenizer.pad_token_id,
         max_history=config.dataset.max_history,
         window_items=config.model.compact_window,
+        prefix=compact_prefix(config, hf_tokenizer),
+        suffixes=compact_titles(config, hf_tokenizer, item_texts),
     )
 
 
@@ -115,8 +148,15 @@ def build_module(
     joint=None,
     trie_builder=None,
     batch_encoder=None,
+    sid_token_ids: Sequence[int] = (),
 ):
+    """The LightningModule; ``sid_token_ids`` are the tokens a ``train.softmax: sid_tokens``
+    training scores over."""
     from semrec.models.module import GenRecModule
+
+    output_ids = None
+    if config.train.softmax == "sid_tokens":
+        output_ids = torch.tensor(sorted(set(sid_token_ids)), dtype=torch.long)
 
     return GenRecModule(
         model,
@@ -131,6 +171,7 @@ def build_module(
         joint=joint,
         trie_builder=trie_builder if joint is not None else None,
         batch_encoder=batch_encoder,
+        output_ids=output_ids,
     )
 
 
@@ -172,12 +213,13 @@ def fit_callbacks(
     """Best-adapter checkpoint, resume checkpoints, speed log, early stopping, then ``extra``."""
     import lightning as L
 
-    from semrec.models.speed import TrainingSpeed
+    from semrec.models.speed import TrainingSpeed, ValidationReport
 
     callbacks: list[Any] = [
         best_checkpoint,
         *resume_checkpoints(checkpoints, config.train),
-        TrainingSpeed(echo),
+        TrainingSpeed(echo, config.train.report_every_n_steps),
+        ValidationReport(echo),
     ]
     if config.train.early_stopping_patience:
         callbacks.append(

@@ -299,6 +299,33 @@ def load_backbone(
     return model, tokenizer
 
 
+def keep_first_layers(model: PreTrainedModel, layers: int) -> PreTrainedModel:
+    """Drop every decoder layer of ``model`` after the first ``layers`` (in place).
+
+    The final norm and the output layer stay: the truncated model reads its last kept
+    layer's states as it read the last layer's (the fine-tuning adapts it). A deep LLM
+    costs its depth in every training step; the lower layers carry most of what the
+    pretrained model knows about tokens.
+    """
+    decoder = model.get_decoder()
+    stack = getattr(decoder, "layers", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise BackboneError(
+            f"model.keep_layers: {type(model).__name__} keeps its decoder layers elsewhere than "
+            "model.layers; it cannot be truncated"
+        )
+    if layers > len(stack):
+        raise BackboneError(
+            f"model.keep_layers: {layers} > the backbone's {len(stack)} decoder layers"
+        )
+    decoder.layers = torch.nn.ModuleList(list(stack)[:layers])
+    config = model.config
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:layers]
+    return model
+
+
 def nf4_config(kind: str):
     """bitsandbytes 4-bit config for QLoRA (``nf4`` or ``fp4``), bf16 compute."""
     if kind not in ("nf4", "fp4"):
@@ -335,6 +362,7 @@ __all__ = [
     "convert_gguf",
     "describe",
     "embedded_gguf_path",
+    "keep_first_layers",
     "load_backbone",
     "random_llama",
     "scratch_backbone",

@@ -6,6 +6,11 @@ hidden states that predict a labelled token, and applies the output layer to tho
 alone; the loss is the same mean token cross-entropy as ``model(**batch).loss``.
 For SmolLM2-135M the output layer (49k x 576) is about a fifth of the forward FLOPs at
 every prompt position.
+
+With ``output_ids`` (``train.softmax: sid_tokens``) the softmax runs over those tokens only
+(the SID tokens): the output layer computes their rows alone, and the model never has to
+learn to push 49k text tokens below the new ones. Its scores then match a decoder that
+renormalises over the allowed SID tokens (``eval.score_mode: renormalized``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semrec.data.batching import IGNORE_INDEX
+from semrec.decoding.model_calls import head_rows
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # config keys of models that transform logits after the output layer (Gemma 2, Cohere)
@@ -27,12 +33,16 @@ def base_causal_lm(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def response_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], output_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of the labelled tokens of ``batch`` (``labels``, ``-100``: none).
 
     ``batch`` holds ``input_ids``, ``labels`` and optionally ``attention_mask`` (2-D
     padding or a 4-D mask) and ``position_ids``; other entries are ignored. Labels are
     aligned with ``input_ids``: position ``t``'s label is predicted at ``t - 1``.
+    ``output_ids`` (sorted token ids) restricts the softmax to those tokens; every label
+    must be one of them.
     """
     lm = base_causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
@@ -48,7 +58,31 @@ def response_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep])
+    states, labels = hidden[:, :-1][keep], targets[keep]
+    if output_ids is None:
+        logits = head(states)
+    else:
+        logits, labels = _restricted_logits(head, states, labels, output_ids)
     if logits.shape[0] == 0:  # no labelled token: zero loss that still has a graph
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), targets[keep])
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _restricted_logits(
+    head: nn.Module, states: torch.Tensor, labels: torch.Tensor, output_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits over ``output_ids`` only, and each label's column among them."""
+    output_ids = output_ids.to(labels.device)
+    columns = torch.searchsorted(output_ids, labels).clamp(max=len(output_ids) - 1)
+    if not bool((output_ids[columns] == labels).all()):
+        stray = labels[output_ids[columns] != labels][:5].tolist()
+        raise ValueError(
+            f"train.softmax: sid_tokens: labelled tokens {stray} are not SID tokens; this "
+            "training data needs the full-vocabulary softmax (train.softmax: full_vocab)"
+        )
+    rows = head_rows(head, output_ids)
+    if rows is None:  # a head semrec cannot slice (e.g. LoRA on lm_head): slice its output
+        return head(states)[:, output_ids], columns
+    weight, bias = rows
+    logits = states @ weight.to(states.dtype).T
+    return (logits if bias is None else logits + bias.to(logits.dtype)), columns

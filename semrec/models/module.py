@@ -35,6 +35,9 @@ class GenRecModule(L.LightningModule):
     ``val/*`` and ``test/*`` count a target the retriever missed as a miss, and
     ``val_subset/*`` / ``test_subset/*`` cover only the users whose target is a candidate.
 
+    ``output_ids`` (sorted token ids) restricts the training softmax to those tokens (the
+    SID tokens, ``train.softmax: sid_tokens``).
+
     Full Lightning checkpoints (for resuming) hold only the trainable parameters (the
     frozen base is rebuilt from the config) plus the torch/numpy/python RNG states.
 
@@ -65,8 +68,11 @@ class GenRecModule(L.LightningModule):
         joint: Any | None = None,
         trie_builder: Any | None = None,
         batch_encoder: Any | None = None,
+        output_ids: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        #: with ``train.softmax: sid_tokens``, the sorted token ids the training softmax covers
+        self.output_ids = output_ids
         if joint is not None and trie_builder is None:
             raise ValueError("a jointly trained tokenizer needs a trie_builder")
         self.joint = joint
@@ -116,7 +122,7 @@ class GenRecModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # the output layer runs only where a label is (see semrec.models.loss)
-        loss = response_loss(self.model, batch)
+        loss = response_loss(self.model, batch, self.output_ids)
         tokens = (batch["labels"] != IGNORE_INDEX).sum()
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

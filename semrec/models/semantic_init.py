@@ -6,6 +6,10 @@ the pretrained rows of those sub-tokens, ``e_s = mean_{v in T_s} E[v]``. With un
 output embeddings both tables get the same treatment, each from its own rows. Call it after
 :func:`~semrec.models.vocabulary.add_sid_tokens` and before LoRA is applied (peft copies the
 SID rows it trains when it wraps the model).
+
+Without an extraction LLM, :func:`item_text_keywords` gives each SID token the texts of the
+items that carry it as its "keywords" (``model.semantic_init.source: item_texts``): the row
+becomes the mean embedding of the sub-tokens of those items' texts.
 """
 
 from __future__ import annotations
@@ -47,6 +51,23 @@ def keyword_subtokens(tokenizer: PreTrainedTokenizerBase, keywords: Sequence[str
     separator = set(tokenizer(KEYWORD_SEPARATOR.strip(), add_special_tokens=False).input_ids)
     kept = [i for i in ids if i not in separator]
     return kept or ids
+
+
+def item_text_keywords(
+    codes: torch.Tensor, level_tokens: Sequence[Sequence[str]], texts: Sequence[str]
+) -> dict[str, list[str]]:
+    """Per SID token, the texts of the items carrying it (``codes[i, l]`` is item ``i``'s
+    code at level ``l``, its token ``level_tokens[l][code]``; negative codes are padding)."""
+    if codes.shape[0] != len(texts):
+        raise ValueError(f"{codes.shape[0]} items have codes but {len(texts)} have texts")
+    keywords: dict[str, list[str]] = {}
+    for item, row in enumerate(codes.tolist()):
+        if not texts[item].strip():
+            continue
+        for level, code in enumerate(row):
+            if code >= 0:
+                keywords.setdefault(level_tokens[level][code], []).append(texts[item])
+    return keywords
 
 
 def semantic_init(

@@ -1,4 +1,10 @@
-"""Training speed in the run's log: examples and tokens per second, per epoch."""
+"""Training progress in the run's log: speed and loss as training goes, and each validation.
+
+:class:`TrainingSpeed` prints examples and tokens per second per epoch (and, every
+``every_n_steps`` optimizer steps, the mean loss and rate since its last line);
+:class:`ValidationReport` prints each validation's metrics, so a long run shows in its log
+whether it is learning, not only in ``logs/*.csv``.
+"""
 
 from __future__ import annotations
 
@@ -20,21 +26,45 @@ class TrainingSpeed(L.Callback):
     tokens); labelled tokens are those with a label.
     """
 
-    def __init__(self, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, echo: Callable[[str], None] | None = None, every_n_steps: int | None = None
+    ) -> None:
         self.echo = echo
+        self.every_n_steps = every_n_steps
         self._start = 0.0
         self._examples = self._tokens = self._labelled = 0
+        self._since: dict[str, float] = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self._examples = self._tokens = self._labelled = 0
+        self._since = {"time": self._start, "examples": 0, "loss": 0.0, "batches": 0}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
     ) -> None:
-        self._examples += int(batch["examples"])
+        examples = int(batch["examples"])
+        self._examples += examples
         self._tokens += int(batch["tokens"])
         self._labelled += int((batch["labels"] != IGNORE_INDEX).sum())
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        since = self._since
+        since["examples"] += examples
+        since["batches"] += 1
+        since["loss"] += float(loss) if loss is not None else float("nan")
+        step = trainer.global_step
+        due = self.every_n_steps and step % self.every_n_steps == 0 and step != since.get("step")
+        if due and self.echo is not None and trainer.is_global_zero:
+            now = time.perf_counter()
+            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+            of = f"/{total}" if total else ""
+            self.echo(
+                f"[train] step {step}{of}: loss {since['loss'] / since['batches']:.3f} "
+                f"(mean of the last {since['batches']} batches), "
+                f"{since['examples'] / max(now - since['time'], 1e-9):.1f} examples/s "
+                "(this process)"
+            )
+            self._since = {"time": now, "examples": 0, "loss": 0.0, "batches": 0, "step": step}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
@@ -53,4 +83,26 @@ class TrainingSpeed(L.Callback):
                 f"{seconds:.1f} s ({rates['train/examples_per_s']:.0f} examples/s, "
                 f"{rates['train/tokens_per_s']:.0f} tokens/s, "
                 f"{labelled / seconds:.0f} labelled tokens/s)"
+            )
+
+
+class ValidationReport(L.Callback):
+    """Prints each validation's ``val/*`` ranking metrics with the epoch and step."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        shown = [
+            f"{name.removeprefix('val/')} {float(value):.4f}"
+            for name, value in sorted(metrics.items())
+            if name.startswith("val/") and name.removeprefix("val/").startswith(("hr@", "ndcg@"))
+        ]
+        if shown:
+            self.echo(
+                f"[valid] epoch {trainer.current_epoch + 1}, step {trainer.global_step}: "
+                + ", ".join(shown)
             )

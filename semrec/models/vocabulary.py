@@ -50,6 +50,26 @@ def add_sid_tokens(
     return list(ids)
 
 
+def add_item_separator(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    separator: str,
+    *,
+    init: EmbeddingInit = "mean_resizing",
+    seed: int = 0,
+) -> int:
+    """The id of the token that opens each item in the compact format.
+
+    The tokenizer's own ``sep_token`` is used when it has one; otherwise ``separator`` is
+    added (its row initialised like the SID rows) and becomes the tokenizer's
+    ``sep_token``, so a saved tokenizer keeps it.
+    """
+    if tokenizer.sep_token is None:
+        add_sid_tokens(model, tokenizer, [separator], init=init, seed=seed)
+        tokenizer.add_special_tokens({"sep_token": separator})
+    return tokenizer.sep_token_id
+
+
 def _init_rows(
     model: PreTrainedModel, rows: list[int], old_size: int, init: str, seed: int
 ) -> None:

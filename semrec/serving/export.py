@@ -128,7 +128,8 @@ def export_run(
     token_ids = [[t for t in row if t != PAD] for row in trie.sequences.tolist()]
     sid_tokens = [hf_tokenizer.convert_ids_to_tokens(ids) for ids in token_ids]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    manifest = _manifest(run, describe(base), len(item_ids))
+    prefix = getattr(datamodule.training, "prefix", [])
+    manifest = _manifest(run, describe(base), len(item_ids), prefix)
     manifest["backbone"]["embedding_rows"] = base.get_input_embeddings().weight.shape[0]
     with atomic_dir(out) as tmp:
         manifest["weights"] = _write_weights(model, tmp, merge)
@@ -158,7 +159,7 @@ def _semrec_version() -> str:
         return "unknown"
 
 
-def _manifest(run, backbone: dict[str, Any], num_items: int) -> dict[str, Any]:
+def _manifest(run, backbone: dict[str, Any], num_items: int, prefix: list[int]) -> dict[str, Any]:
     config = run.config
     model_cfg = config.model
     prompt: dict[str, Any] = {
@@ -177,7 +178,13 @@ def _manifest(run, backbone: dict[str, Any], num_items: int) -> dict[str, Any]:
             max_prompt_tokens=model_cfg.max_prompt_tokens,
         )
     else:
-        prompt["layout"] = "<sep> + SID tokens for each history item, then <sep>"
+        if model_cfg.compact_title_tokens:
+            raise NotImplementedError(
+                "model.compact_title_tokens: an export does not carry the item texts its "
+                "prompts need; export a run whose compact items are SIDs only"
+            )
+        prompt["layout"] = "prefix, then <sep> + SID tokens for each history item, then <sep>"
+        prompt["prefix_ids"] = list(prefix)
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,

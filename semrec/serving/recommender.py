@@ -233,6 +233,7 @@ def exported_prompts(
             pad_id=hf_tokenizer.pad_token_id,
             max_history=prompt["max_history"],
             window_items=1,
+            prefix=prompt.get("prefix_ids", []),
         )
     task_spec = prompt["task"]
     task = TASKS.get(task_spec["name"])(**task_spec["params"])
@@ -273,7 +274,7 @@ def load_exported_model(directory: str | Path, manifest: dict[str, Any]):
     from peft import PeftModel
 
     from semrec.known_warnings import hide_known_warnings
-    from semrec.models.backbone import load_backbone
+    from semrec.models.backbone import keep_first_layers, load_backbone
 
     model_cfg = ModelConfig.model_validate(manifest["model"])
     base, _ = load_backbone(
@@ -282,6 +283,8 @@ def load_exported_model(directory: str | Path, manifest: dict[str, Any]):
         tiny_hidden_size=model_cfg.tiny_hidden_size,
         seed=manifest["run"]["seed"],
     )
+    if model_cfg.keep_layers is not None:
+        keep_first_layers(base, model_cfg.keep_layers)
     rows = manifest["backbone"]["embedding_rows"]
     if base.get_input_embeddings().weight.shape[0] != rows:
         # the saved embedding layers (every row, SID rows included) replace these
