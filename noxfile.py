@@ -111,7 +111,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def bench_training(session: nox.Session) -> None:
-    """LLM training step, semrec vs a plain HF + PEFT loop (JSON; ~6 min on 2 cores)."""
+    """LLM training step: plain HF + PEFT loop, text step, windows (JSON; ~6 min on 2 cores)."""
     _install(session)
     session.run("python", "benchmarks/training.py", *session.posargs, env=OFFLINE)
 

@@ -17,7 +17,9 @@ prefixes. They differ only in what semrec changes:
 - ``windows``: ``model.prompt_format: compact``: one window of a user's sequence scores
   up to ``model.compact_window`` targets in one pass (``semrec.data.compact``);
 - ``windows_keep_N``: the same windows on the backbone's first ``N`` layers
-  (``model.keep_layers``), for each ``--keep-layers`` value.
+  (``model.keep_layers``), for each ``--keep-layers`` value;
+- ``..._sid_softmax``: each windows case with the training softmax over the SID tokens only
+  (``train.softmax: sid_tokens``: the output layer computes 768 rows instead of 49k).
 
 Each case first runs ``--warmup`` untimed steps, then the timed ones; cases alternate
 ``--repeats`` times from their initial weights and each reports its best time. The rates
@@ -30,6 +32,7 @@ depend on it (AMX-BF16 or not).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -89,11 +92,13 @@ def batch_counts(batch) -> dict[str, int]:
 
 
 def build(config_path: str, overrides: list[str]):
-    """(model, training source, precision) of the config with ``overrides``."""
+    """(model, training source, precision, config, SID token ids) of the config with
+    ``overrides``."""
     config = load_config(config_path, [f"run_dir={ROOT / 'runs' / 'bench_training'}", *overrides])
     run = Run(config, echo=lambda line: print(line, file=sys.stderr))
-    model, hf_tokenizer, _ = run.build_model()
-    return model, run.datamodule(hf_tokenizer).training, resolve_precision(config.train), config
+    model, hf_tokenizer, sid_ids = run.build_model()
+    training = run.datamodule(hf_tokenizer).training
+    return model, training, resolve_precision(config.train), config, sid_ids
 
 
 def main() -> None:
@@ -112,8 +117,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     needed = args.steps + args.warmup
-    text = ["model.prompt_format=text", "model.keep_layers=null", *args.overrides]
-    model, training, precision, config = build(args.config, text)
+    text = [
+        "model.prompt_format=text",
+        "model.keep_layers=null",
+        "model.compact_instruction=null",
+        "model.compact_title_tokens=0",
+        "train.max_train_samples=2000",  # the pairs are a random sample of all prefixes
+        *args.overrides,
+    ]
+    model, training, precision, config, _ = build(args.config, text)
     size = config.train.batch_size
     pairs = list(training.epoch_items(0))[: needed * size]
     if len(pairs) < needed * size:
@@ -141,14 +153,18 @@ def main() -> None:
             f"model.keep_layers={'null' if depth is None else depth}",
             *args.overrides,
         ]
-        model_w, windows, _, _ = build(args.config, windowed)
+        model_w, windows, _, _, sid_ids = build(args.config, windowed)
         items = list(windows.epoch_items(0))
         order = epoch_batches([windows.length(w) for w in items], size, config.seed)[:needed]
         batches = [windows.collate([items[i] for i in batch]) for batch in order]
-        cases["windows" if depth is None else f"windows_keep_{depth}"] = (
+        name = "windows" if depth is None else f"windows_keep_{depth}"
+        cases[name] = (model_w, batches, response_loss)
+        # the same windows with the softmax over the SID tokens only (train.softmax)
+        output_ids = torch.tensor(sorted(sid_ids))
+        cases[f"{name}_sid_softmax"] = (
             model_w,
             batches,
-            response_loss,
+            functools.partial(response_loss, output_ids=output_ids),
         )
     autocast = precision == "bf16-mixed"
     if precision not in ("32", "bf16-mixed"):

@@ -199,6 +199,12 @@ def _parser() -> argparse.ArgumentParser:
         default="hr@10,ndcg@10",
         help="metrics of the paired tests (default hr@10,ndcg@10)",
     )
+    compare.add_argument(
+        "--overlap-k",
+        type=int,
+        default=10,
+        help="k of the hit-overlap table (users hit by one method, the other, both; default 10)",
+    )
     compare.add_argument("overrides", nargs="*", help="config overrides for every row")
     convert = commands.add_parser(
         "convert",
@@ -483,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics=None if args.metrics is None else _names(args.metrics),
                 significance_metrics=_names(args.significance),
                 reference=args.reference,
+                overlap_k=args.overlap_k,
             )
             return 0
         config = load_config(args.config, args.overrides)

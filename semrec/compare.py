@@ -11,7 +11,10 @@ Outputs in ``OUT``:
 * ``compare.md`` / ``compare.csv``: mean ± std over seeds of each metric per row (and the
   baselines of the first row's runs), and for every row the paired difference against the
   reference row over the same test users (per-user ranks from each run's ``ranks.json``),
-  with a 95% bootstrap interval and p-values (:mod:`semrec.evaluation.significance`);
+  with a 95% bootstrap interval and p-values (:mod:`semrec.evaluation.significance`),
+  and for every pair of methods how many test users each hits at @k, alone or together
+  (:func:`hit_overlap`);
+* ``compare_overlap.csv``: that hit overlap, one line per pair of methods;
 * ``compare.png``: grouped bars with error bars (std over seeds);
 * ``compare.json``: everything above, machine-readable.
 """
@@ -32,10 +35,11 @@ import numpy as np
 
 from semrec.artifacts import atomic_write, content_hash, read_json, write_json
 from semrec.config import ConfigError, ExperimentConfig, load_config
-from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks
+from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks, per_user_metric
 from semrec.evaluation.significance import PairedResult, paired_test
 
 CELL_FILE = "cell.json"
+OVERLAP_K = 10
 
 
 def split_values(text: str) -> list[str]:
@@ -186,6 +190,8 @@ class Summary:
     reference: str = ""
     seeds: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    overlap_k: int = OVERLAP_K
+    overlap: dict[tuple[str, str], HitOverlap] = field(default_factory=dict)
 
     def mean_std(self, method: str, metric: str) -> tuple[float, float, int] | None:
         values = self.values.get(method, {}).get(metric)
@@ -201,10 +207,11 @@ def summarize(
     metrics: Sequence[str],
     significance_metrics: Sequence[str],
     reference: str | None = None,
+    overlap_k: int = OVERLAP_K,
 ) -> Summary:
     """Collect each cell's metrics.json and ranks.json into a :class:`Summary`."""
     seeds = sorted({cell.seed for cell in cells})
-    summary = Summary(list(metrics), seeds=seeds)
+    summary = Summary(list(metrics), seeds=seeds, overlap_k=overlap_k)
     ranks: dict[str, dict[int, PerUserRanks]] = {}
     first = rows[0].label
     baselines: list[str] = []
@@ -246,6 +253,7 @@ def summarize(
             f"--reference {summary.reference!r} is not a row; rows: {sorted(summary.values)}"
         )
     summary.paired = _paired(ranks, summary.reference, significance_metrics, summary.notes)
+    summary.overlap = _overlaps(ranks, list(summary.values), overlap_k, summary.notes)
     return summary
 
 
@@ -281,8 +289,95 @@ def _paired(
     return out
 
 
+@dataclass(frozen=True)
+class HitOverlap:
+    """Test users hit at @k by method A only, B only, both or neither (means over ``seeds``)."""
+
+    a_only: float
+    b_only: float
+    both: float
+    neither: float
+    seeds: int = 1
+
+    @property
+    def a_hits(self) -> float:
+        return self.a_only + self.both
+
+    @property
+    def b_hits(self) -> float:
+        return self.b_only + self.both
+
+    @property
+    def users(self) -> float:
+        return self.a_only + self.b_only + self.both + self.neither
+
+    @property
+    def oracle_hr(self) -> float:
+        """HR@k of an oracle taking the better of the two lists per user: what fusing can reach."""
+        return (self.a_only + self.b_only + self.both) / self.users if self.users else 0.0
+
+
+OVERLAP_COUNTS = ("a_hits", "b_hits", "a_only", "b_only", "both", "neither", "users")
+"""The :class:`HitOverlap` counts in the order compare_overlap.csv and compare.md give them."""
+
+
+def hit_overlap(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> HitOverlap:
+    """Count the users whose target is in the top ``k`` of A only, of B only, of both, of neither.
+
+    ``ranks_a`` and ``ranks_b`` are the 0-based target ranks of the same users in the same
+    order (``inf``: not in the list), so a hit is ``rank < k``, HR@k's hit.
+    """
+    a = per_user_metric(ranks_a, f"hr@{k}").astype(bool)
+    b = per_user_metric(ranks_b, f"hr@{k}").astype(bool)
+    if a.shape != b.shape:
+        raise ValueError(f"hit overlap: {a.size} ranks for A but {b.size} for B")
+    return HitOverlap(
+        a_only=float(np.sum(a & ~b)),
+        b_only=float(np.sum(~a & b)),
+        both=float(np.sum(a & b)),
+        neither=float(np.sum(~a & ~b)),
+    )
+
+
+def mean_overlap(overlaps: Sequence[HitOverlap]) -> HitOverlap:
+    """The mean of per-seed :class:`HitOverlap` counts."""
+    names = ("a_only", "b_only", "both", "neither")
+    means = {name: float(np.mean([getattr(o, name) for o in overlaps])) for name in names}
+    return HitOverlap(**means, seeds=sum(o.seeds for o in overlaps))
+
+
+def _overlaps(
+    ranks: dict[str, dict[int, PerUserRanks]], methods: Sequence[str], k: int, notes: list[str]
+) -> dict[tuple[str, str], HitOverlap]:
+    """:func:`hit_overlap` of every pair of ``methods`` (in that order), averaged over the
+    seeds where both have per-user ranks of the same test users."""
+    short = [m for m in methods if any(r.k < k for r in ranks.get(m, {}).values())]
+    if short:
+        notes.append(f"{', '.join(short)}: ranks kept for fewer than {k} places; no hit overlap.")
+    usable = [m for m in methods if m in ranks and m not in short]
+    out: dict[tuple[str, str], HitOverlap] = {}
+    for a, b in itertools.combinations(usable, 2):
+        seeds = sorted(set(ranks[a]) & set(ranks[b]))
+        per_seed = [
+            hit_overlap(ranks[a][s].methods[a], ranks[b][s].methods[b], k)
+            for s in seeds
+            if ranks[a][s].users == ranks[b][s].users
+        ]
+        if per_seed:
+            out[(a, b)] = mean_overlap(per_seed)
+        else:
+            notes.append(f"{a} / {b}: no hit overlap (no seed with the same test users).")
+    return out
+
+
+def _count(value: float) -> str:
+    """A mean count: an integer as such, otherwise with two decimals."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+
+
 def markdown(summary: Summary) -> str:
-    """compare.md: the mean ± std table, then the paired tests against the reference."""
+    """compare.md: the mean ± std table, the paired tests against the reference, the hit
+    overlap of every pair of methods."""
     head = ["method"] + [m.upper() for m in summary.metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in summary.values:
@@ -311,6 +406,21 @@ def markdown(summary: Summary) -> str:
                     f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.p_bootstrap:.4f} | "
                     f"{r.p_t_test:.4f} | {r.n_pairs} |"
                 )
+    if summary.overlap:
+        k = summary.overlap_k
+        lines += [
+            "",
+            f"Hit overlap at @{k}: users hit by A only, B only, both, neither (a hit: the "
+            f"target in the top {k}; means over the seeds where both have per-user ranks). "
+            f"Oracle HR@{k}: the better of the two lists per user, what fusing them can reach.",
+            "",
+            "| A | B | A hits | B hits | A only | B only | both | neither | users | "
+            f"oracle HR@{k} | seeds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for (a, b), o in summary.overlap.items():
+            counts = " | ".join(_count(getattr(o, name)) for name in OVERLAP_COUNTS)
+            lines.append(f"| {a} | {b} | {counts} | {o.oracle_hr:.4f} | {o.seeds} |")
     lines += [f"\n{note}" for note in summary.notes]
     return "\n".join(lines) + "\n"
 
@@ -341,6 +451,17 @@ def csv_text(summary: Summary) -> str:
                 line += [f"{r.difference:.6f}", f"{r.ci_low:.6f}", f"{r.ci_high:.6f}"]
                 line += [f"{r.p_bootstrap:.6f}", f"{r.p_t_test:.6f}"]
         writer.writerow(line)
+    return buffer.getvalue()
+
+
+def overlap_csv_text(summary: Summary) -> str:
+    """compare_overlap.csv: one line per pair of methods, its :class:`HitOverlap` counts."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["a", "b", "k", *OVERLAP_COUNTS, "oracle_hr", "seeds"])
+    for (a, b), o in summary.overlap.items():
+        counts = [_count(getattr(o, name)) for name in OVERLAP_COUNTS]
+        writer.writerow([a, b, summary.overlap_k, *counts, f"{o.oracle_hr:.6f}", o.seeds])
     return buffer.getvalue()
 
 
@@ -385,10 +506,12 @@ def compare(
     metrics: Sequence[str] | None = None,
     significance_metrics: Sequence[str] = ("hr@10", "ndcg@10"),
     reference: str | None = None,
+    overlap_k: int = OVERLAP_K,
     echo: Callable[[str], None] = print,
     runner: RunCell = run_cell,
 ) -> Summary:
-    """Run (or reuse) every cell, then write compare.md / .csv / .png / .json in ``out``."""
+    """Run (or reuse) every cell, then write compare.md / .csv / .png / .json and
+    compare_overlap.csv (hit overlap at @``overlap_k``) in ``out``."""
     out = Path(out)
     rows = plan_rows(config_paths, sweeps, overrides)
     for row in rows:
@@ -407,12 +530,14 @@ def compare(
         + "; ".join(row.label for row in rows)
     )
     cells = run_cells(rows, seeds, out, echo, runner)
-    summary = summarize(cells, rows, metrics, significance_metrics, reference)
+    summary = summarize(cells, rows, metrics, significance_metrics, reference, overlap_k)
     table = markdown(summary)
     with atomic_write(out / "compare.md") as fh:
         fh.write(table)
     with atomic_write(out / "compare.csv") as fh:
         fh.write(csv_text(summary))
+    with atomic_write(out / "compare_overlap.csv") as fh:
+        fh.write(overlap_csv_text(summary))
     plot(summary, out / "compare.png", rows[0].config(0).name)
     write_json(
         out / "compare.json",
@@ -424,9 +549,25 @@ def compare(
             "paired": {
                 m: {k: vars(r) for k, r in res.items()} for m, res in summary.paired.items()
             },
+            "overlap": {
+                "k": summary.overlap_k,
+                "pairs": [
+                    {
+                        "a": a,
+                        "b": b,
+                        **{name: getattr(o, name) for name in OVERLAP_COUNTS},
+                        "oracle_hr": o.oracle_hr,
+                        "seeds": o.seeds,
+                    }
+                    for (a, b), o in summary.overlap.items()
+                ],
+            },
             "notes": summary.notes,
         },
     )
     echo(table)
-    echo(f"[compare] wrote compare.md, compare.csv, compare.png, compare.json in {out}")
+    echo(
+        "[compare] wrote compare.md, compare.csv, compare_overlap.csv, compare.png, "
+        f"compare.json in {out}"
+    )
     return summary

@@ -76,7 +76,8 @@ class EmbedderConfig(ComponentConfig):
 
     ``text`` (default) encodes the item texts with the ``encoder:`` section's encoder;
     ``cooccurrence``, ``lightgcn``, ``sasrec`` and ``gru4rec`` learn from the training
-    interactions only. ``cold_start: text`` gives the items without a training interaction
+    interactions only; ``hybrid`` concatenates a text and a CF embedder's standardised
+    vectors, weighted by ``text_weight`` (:mod:`semrec.embedders.hybrid`). ``cold_start: text`` gives the items without a training interaction
     (and items added to a trained run) vectors from a ridge regression text -> CF vector
     fitted on the other items, the texts embedded by the ``encoder:`` section; ``none``
     keeps the embedder's own vectors for them.
@@ -399,6 +400,8 @@ class ExperimentConfig(_Section):
                 "section (encoder.name, encoder.params); leave items.embedder.params empty"
             )
         _check_component("items.embedder", embedder, ITEM_EMBEDDERS)
+        if embedder.name == "hybrid":
+            _check_hybrid_parts(embedder.params, ITEM_EMBEDDERS)
         for name in self.eval.baselines:
             params = self.eval.baseline_params.get(name, {})
             _check_component(
@@ -721,6 +724,27 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
                 f"{where}.params.{key}: {cfg.name!r} has no parameter {key!r}"
                 f"{_did_you_mean(key, accepted)} (accepted: {', '.join(accepted)})"
             )
+
+
+def _check_hybrid_parts(params: dict[str, Any], registry) -> None:
+    """The ``hybrid`` embedder's parts and weight, checked when the config loads."""
+    where = "items.embedder.params"
+    weight = params.get("text_weight", 0.5)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise ConfigError(f"{where}.text_weight must be a number in [0, 1], got {weight!r}")
+    for key in ("text", "cf"):
+        spec = params.get(key)
+        if spec is None:
+            continue
+        try:
+            part = ComponentConfig.model_validate(spec)
+        except ValidationError:
+            raise ConfigError(
+                f"{where}.{key}: expected {{name: <item embedder>, params: {{...}}}}, got {spec!r}"
+            ) from None
+        if part.name == "hybrid":
+            raise ConfigError(f"{where}.{key}.name: a part of a hybrid cannot be a hybrid itself")
+        _check_component(f"{where}.{key}", part, registry)
 
 
 def _check_dataset_options(cfg: DatasetConfig) -> None:

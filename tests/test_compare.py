@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from semrec.cli import main
-from semrec.compare import compare, parse_sweep, plan_rows, split_values
+from semrec.compare import (
+    HitOverlap,
+    compare,
+    hit_overlap,
+    parse_sweep,
+    plan_rows,
+    split_values,
+)
 from semrec.config import ConfigError
 from semrec.evaluation.metrics import TopKRankingMetrics, evaluate_ranked, ranking_metrics
 from semrec.evaluation.per_user import PerUserRanks, per_user_metric
@@ -81,6 +88,114 @@ def test_the_bootstrap_interval_matches_the_normal_approximation():
     _, low, high, _ = paired_bootstrap([diffs], resamples=4000)
     se = diffs.std(ddof=1) / math.sqrt(diffs.size)
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.1)
+
+
+# ---------------------------------------------------------------- hit overlap
+
+INF = math.inf
+# five users' 0-based target ranks; at @10: A hits users 0, 1, 4 (rank 9 is the 10th place),
+# B hits users 1 and 2 (rank 10 is the 11th place): A only {0, 4}, B only {2}, both {1},
+# neither {3}
+RANKS_A = np.array([0.0, 3.0, INF, 12.0, 9.0])
+RANKS_B = np.array([INF, 2.0, 0.0, INF, 10.0])
+
+
+def test_hit_overlap_counts_users_hit_by_one_both_or_neither():
+    at_10 = hit_overlap(RANKS_A, RANKS_B, 10)
+    assert at_10 == HitOverlap(a_only=2, b_only=1, both=1, neither=1)
+    assert (at_10.a_hits, at_10.b_hits, at_10.users) == (3, 2, 5)
+    assert at_10.oracle_hr == pytest.approx(4 / 5)
+    # at @5, user 4 (rank 9) is a miss for A too
+    assert hit_overlap(RANKS_A, RANKS_B, 5) == HitOverlap(a_only=1, b_only=1, both=1, neither=2)
+    assert hit_overlap(RANKS_B, RANKS_A, 10) == HitOverlap(a_only=1, b_only=2, both=1, neither=1)
+    with pytest.raises(ValueError, match="5 ranks for A but 4 for B"):
+        hit_overlap(RANKS_A, RANKS_B[:4], 10)
+
+
+def _overlap_runner(config, directory, resume):
+    """Seed 0: row rqkmeans has RANKS_A, row random_ids RANKS_B, popularity hits no one.
+    Seed 1: rqkmeans hits everyone, random_ids no one, popularity users 0 and 1."""
+    a_row = config.items.tokenizer.name == "rqkmeans"
+    if config.seed == 0:
+        ranks = RANKS_A if a_row else RANKS_B
+        pop = np.full(5, INF)
+    else:
+        ranks = np.zeros(5) if a_row else np.full(5, INF)
+        pop = np.array([0.0, 1.0, INF, INF, INF])
+    per_user = PerUserRanks([f"u{u}" for u in range(5)], 10, {"semrec": ranks, "popularity": pop})
+    directory.mkdir(parents=True, exist_ok=True)
+    per_user.save(directory / "ranks.json")
+    metrics = {"test/hr@10": float(np.mean(ranks < 10)), "popularity/test/hr@10": 0.0}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def _overlap_compare(out: Path, overlap_k: int = 10):
+    return compare(
+        [str(TINY)],
+        [0, 1],
+        out,
+        sweeps=["items.tokenizer.name=rqkmeans,random_ids"],
+        metrics=["hr@10"],
+        significance_metrics=["hr@10"],
+        overlap_k=overlap_k,
+        runner=_overlap_runner,
+        echo=lambda line: None,
+    )
+
+
+def test_compare_reports_the_hit_overlap_of_every_pair_averaged_over_seeds(tmp_path):
+    summary = _overlap_compare(tmp_path)
+    a, b = "items.tokenizer.name=rqkmeans", "items.tokenizer.name=random_ids"
+    # rows vs rows: seed 0 (2, 1, 1, 1) and seed 1 (5, 0, 0, 0)
+    expected = {
+        (a, b): HitOverlap(a_only=3.5, b_only=0.5, both=0.5, neither=0.5, seeds=2),
+        # seed 0 (3, 0, 0, 2), seed 1 (3, 0, 2, 0)
+        (a, "popularity"): HitOverlap(a_only=3.0, b_only=0.0, both=1.0, neither=1.0, seeds=2),
+        # seed 0 (2, 0, 0, 3), seed 1 (0, 2, 0, 3)
+        (b, "popularity"): HitOverlap(a_only=1.0, b_only=1.0, both=0.0, neither=3.0, seeds=2),
+    }
+    assert summary.overlap == expected
+    with open(tmp_path / "compare_overlap.csv") as fh:
+        lines = list(csv.DictReader(fh))
+    assert [(line["a"], line["b"]) for line in lines] == list(expected)
+    assert lines[0] == {
+        "a": a,
+        "b": b,
+        "k": "10",
+        "a_hits": "4",
+        "b_hits": "1",
+        "a_only": "3.50",
+        "b_only": "0.50",
+        "both": "0.50",
+        "neither": "0.50",
+        "users": "5",
+        "oracle_hr": "0.900000",
+        "seeds": "2",
+    }
+    table = (tmp_path / "compare.md").read_text()
+    assert "Hit overlap at @10: users hit by A only, B only, both, neither" in table
+    assert f"| {a} | {b} | 4 | 1 | 3.50 | 0.50 | 0.50 | 0.50 | 5 | 0.9000 | 2 |" in table
+    stored = json.loads((tmp_path / "compare.json").read_text())["overlap"]
+    assert stored["k"] == 10 and len(stored["pairs"]) == 3
+    assert stored["pairs"][2] | {"oracle_hr": None} == {
+        "a": b,
+        "b": "popularity",
+        "a_hits": 1.0,
+        "b_hits": 1.0,
+        "a_only": 1.0,
+        "b_only": 1.0,
+        "both": 0.0,
+        "neither": 3.0,
+        "users": 5.0,
+        "oracle_hr": None,
+        "seeds": 2,
+    }
+    # a k beyond the kept ranks: no overlap table, and a note saying why
+    short = _overlap_compare(tmp_path, overlap_k=20)
+    assert short.overlap == {}
+    assert any("fewer than 20 places" in note for note in short.notes)
+    assert "Hit overlap" not in (tmp_path / "compare.md").read_text()
 
 
 # ---------------------------------------------------------------- planning

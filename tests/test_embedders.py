@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from semrec.cf import SASRec
+from semrec.config import ConfigError, load_config
 from semrec.data import RecDataset, leave_one_out, load_synthetic
 from semrec.data.split import Example, Split, holdout_last_train, sequences_from_examples
 from semrec.embedders import (
     ITEM_EMBEDDERS,
     CooccurrenceEmbedder,
+    HybridEmbedder,
     ItemEmbedder,
     LightGCNEmbedder,
     SASRecEmbedder,
@@ -28,6 +30,10 @@ from semrec.embedders import (
     ppmi,
 )
 from semrec.embedders.lightgcn import interaction_pairs, normalized_adjacency
+from semrec.factories.item_vectors import ItemVectors
+from semrec.text.encoders import SentenceTransformerEncoder
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 
 TINY_SASREC = dict(
     hidden_size=8,
@@ -384,6 +390,129 @@ def test_split_with_too_few_examples_says_so():
         CooccurrenceEmbedder(dim=2).embed(ds, empty, [])
 
 
+# -------------------------------------------------------------------------- hybrid
+
+
+def hybrid_inputs():
+    """The synthetic dataset (24 items), its split, and item texts of random a/b/c letters."""
+    ds = load_synthetic()
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcx"), size=8)) for _ in range(ds.num_items)]
+    return ds, leave_one_out(ds), texts
+
+
+def standardised_distances(vectors: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances after centring the columns and scaling to unit mean row norm."""
+    centred = vectors.double() - vectors.double().mean(dim=0)
+    return torch.cdist(centred, centred) / centred.norm(dim=1).mean()
+
+
+def hybrid(text_weight: float, encoder: Letters | None = None) -> HybridEmbedder:
+    return HybridEmbedder(
+        text=TextEmbedder(encoder or Letters()),
+        cf={"name": "cooccurrence", "params": {"dim": 4}},
+        text_weight=text_weight,
+    )
+
+
+def test_hybrid_squared_distances_are_the_weighted_sum_of_its_standardised_parts():
+    ds, split, texts = hybrid_inputs()
+    text = TextEmbedder(Letters()).embed(ds, split, texts)
+    cf = CooccurrenceEmbedder(dim=4).embed(ds, split, texts)
+    out = embed_cached(hybrid(0.3), ds, split, texts)
+    assert out.shape == (24, 3 + 4) and out.dtype == torch.float32
+    assert out.mean(dim=0).abs().max() < 1e-5  # every column centred
+    expected = 0.3 * standardised_distances(text) ** 2 + 0.7 * standardised_distances(cf) ** 2
+    assert torch.allclose(torch.cdist(out.double(), out.double()) ** 2, expected, atol=1e-5)
+    # each part scaled to unit mean row norm before weighting
+    assert out[:, :3].norm(dim=1).mean() ** 2 == pytest.approx(0.3, rel=1e-5)
+    assert out[:, 3:].norm(dim=1).mean() ** 2 == pytest.approx(0.7, rel=1e-5)
+
+
+def test_hybrid_weight_one_is_the_text_part_and_zero_the_cf_part():
+    ds, split, texts = hybrid_inputs()
+    encoder = Letters()
+    only_cf = embed_cached(hybrid(0.0, encoder), ds, split, texts)
+    assert encoder.calls == 0  # a part with weight 0 is not even computed
+    cf = CooccurrenceEmbedder(dim=4).embed(ds, split, texts)
+    assert only_cf.shape == (24, 4)
+    assert torch.allclose(
+        torch.cdist(only_cf.double(), only_cf.double()), standardised_distances(cf), atol=1e-5
+    )
+    only_text = embed_cached(hybrid(1.0), ds, split, texts)
+    text = TextEmbedder(Letters()).embed(ds, split, texts)
+    assert only_text.shape == (24, 3)
+    assert torch.allclose(
+        torch.cdist(only_text.double(), only_text.double()), standardised_distances(text), atol=1e-5
+    )
+
+
+def test_hybrid_cache_key_and_fingerprint_cover_both_parts_and_the_weight():
+    ds, split, texts = hybrid_inputs()
+    key = hybrid(0.5).cache_key()
+    assert key["text_weight"] == 0.5
+    assert key["text"] == {"embedder": "TextEmbedder", "encoder": {"encoder": "letters"}}
+    assert key["cf"]["embedder"] == "CooccurrenceEmbedder" and key["cf"]["dim"] == 4
+    assert hybrid(0.25).cache_key() != key
+    wider = HybridEmbedder(TextEmbedder(Letters()), {"name": "cooccurrence", "params": {"dim": 5}})
+    assert wider.cache_key()["cf"]["dim"] == 5
+    embedder = hybrid(0.5)
+    assert embedder.uses_interactions
+    fingerprint = embedder.data_fingerprint(ds, split, texts)
+    fewer = dataclasses.replace(split, train=split.train[1:])
+    assert embedder.data_fingerprint(ds, fewer, texts) != fingerprint  # the CF part's train data
+    assert embedder.data_fingerprint(ds, split, ["x"] + texts[1:]) != fingerprint  # the texts
+    two_texts = HybridEmbedder(TextEmbedder(Letters()), TextEmbedder(Letters()))
+    assert not two_texts.uses_interactions
+
+
+@pytest.mark.parametrize("weight", [1.5, -0.1, math.nan, "0.5", True])
+def test_hybrid_refuses_a_weight_outside_zero_one(weight):
+    with pytest.raises(
+        ValueError, match=r"items\.embedder\.params\.text_weight must be a number in \[0, 1\]"
+    ):
+        hybrid(weight)
+
+
+@pytest.mark.parametrize(
+    ("cf", "message"),
+    [
+        ({"name": "coocurrence"}, r"params\.cf\.name: unknown item embedder .*'cooccurrence'"),
+        ({"name": "cooccurrence", "parms": {}}, r"params\.cf: unknown keys \['parms'\]"),
+        ({"name": "cooccurrence", "params": {"dim": 0}}, r"params\.cf: dim must be >= 1"),
+        ({"name": "cooccurrence", "params": {"dimm": 4}}, r"params\.cf: .*'dimm'"),
+        ({"name": "hybrid"}, r"params\.cf\.name: a part of a hybrid cannot be a hybrid"),
+        ("cooccurrence", r"params\.cf: expected \{name: <item embedder>"),
+    ],
+)
+def test_hybrid_refuses_bad_parts_naming_the_key(cf, message):
+    with pytest.raises(ValueError, match=r"items\.embedder\." + message):
+        HybridEmbedder(TextEmbedder(Letters()), cf)
+
+
+def test_a_runs_hybrid_uses_its_encoder_section_and_seed():
+    hybrid_config = (
+        "embedder={name: hybrid, params: {cf: {name: sasrec, params: {hidden_size: 8}}, "
+        "text_weight: 0.25}}"
+    )
+    config = load_config(TINY, [hybrid_config, "encoder.params={normalize: false}", "seed=7"])
+    embedder = ItemVectors(config, data=None).embedder
+    assert isinstance(embedder, HybridEmbedder) and embedder.text_weight == 0.25
+    assert isinstance(embedder.text, TextEmbedder)
+    assert isinstance(embedder.text.encoder, SentenceTransformerEncoder)
+    assert embedder.text.encoder.normalize is False  # the encoder: section, not a default
+    assert isinstance(embedder.cf, SASRecEmbedder)
+    assert embedder.cf.model.hyperparameters()["seed"] == 7  # seeded by the run
+    assert embedder.cf.model.hyperparameters()["hidden_size"] == 8
+    with_params = hybrid_config.replace(
+        "params: {cf:", "params: {text: {name: text, params: {a: 1}}, cf:"
+    )
+    with pytest.raises(ConfigError, match=r"items\.embedder\.params\.text\.params\.a"):
+        load_config(TINY, [with_params])  # refused when the config loads
+    with pytest.raises(ConfigError, match="did you mean 'text_weight'"):
+        load_config(TINY, ["embedder={name: hybrid, params: {text_wieght: 0.5}}"])
+
+
 # ------------------------------------------------------------------------ lightgcn
 
 
@@ -438,3 +567,19 @@ def test_cold_items_get_vectors_regressed_from_their_text():
     assert torch.allclose(regressor.predict(text[:2]), truth[:2], atol=0.05)
     with pytest.raises(RuntimeError, match="not fitted"):
         TextToCF().predict(text)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("{text_weight: 1.5}", "text_weight must be a number in"),
+        ("{cf: {name: coocurrence}}", "cooccurrence"),
+        ("{cf: {name: cooccurrence, params: {dimm: 8}}}", "params.cf.params.dimm"),
+        ("{cf: {name: hybrid}}", "cannot be a hybrid"),
+        ("{cf: cooccurrence}", "expected {name"),
+    ],
+)
+def test_bad_hybrid_parts_are_refused_when_the_config_loads(params, message) -> None:
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+    with pytest.raises(ConfigError, match=message):
+        load_config(tiny, [f"embedder={{name: hybrid, params: {params}}}"])

@@ -35,6 +35,19 @@ RUNS = {
             "dropout: 0.1}",
         ],
     ),
+    # a pretrained-style LLM on windows: separator, instruction, first layer only, SID softmax
+    "llm_windows": (
+        TINY,
+        [
+            *QUICK,
+            "model.lora.enabled=true",
+            "model.prompt_format=compact",
+            "model.compact_instruction='recommend the next item :'",
+            "model.keep_layers=1",
+            "train.softmax=sid_tokens",
+            "eval.score_mode=renormalized",
+        ],
+    ),
     "ttds": (
         EXPERIMENTS / "ttds_tiny.yaml",
         ["users.tokenizer=null", "tasks=[{name: seq}]", "train.epochs=2"],
@@ -92,6 +105,8 @@ PROMPT = torch.tensor([[3, 10, 40, 104, 112, 105, 113]])  # words and SID tokens
         ("lora", False, "adapter"),
         ("lora", True, "merged"),
         ("scratch", False, "full"),
+        ("llm_windows", False, "adapter"),
+        ("llm_windows", True, "merged"),
         ("ttds", False, "full"),
     ],
 )

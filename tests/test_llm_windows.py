@@ -121,13 +121,25 @@ def test_keep_first_layers_computes_the_first_layers_of_the_full_model() -> None
 
 
 def test_a_tiny_llm_in_windows_learns_the_synthetic_rule(tmp_path) -> None:
-    overrides = [*WINDOWS, "model.compact_window=8", "train.epochs=30", "train.batch_size=4"]
+    overrides = [
+        *WINDOWS,
+        "model.compact_window=8",
+        "train.epochs=30",
+        "train.batch_size=4",
+        "train.report_every_n_steps=50",
+    ]
     lines: list[str] = []
     run = Run(load_config(TINY, overrides), tmp_path / "learn", echo=lines.append)
     metrics = run.fit()
     assert metrics["test/hr@1"] >= 0.9
     assert metrics["popularity/test/hr@1"] < 0.2
     assert metrics["test/invalid_rate"] == 0.0
+    # the log shows the run learning: step lines with the loss, a line per validation
+    steps = [line for line in lines if line.startswith("[train] step ")]
+    assert steps and "loss" in steps[0] and "examples/s" in steps[0]
+    valid = [line for line in lines if line.startswith("[valid] epoch ")]
+    assert len(valid) == 3  # epochs 10, 20 and 30 (check_val_every_n_epoch: 10)
+    assert valid[-1].index("hr@1 ") < valid[-1].index("hr@5 ") < valid[-1].index("hr@10 ")
 
 
 def test_new_window_keys_leave_older_fingerprints_alone_while_at_their_default() -> None:
@@ -191,3 +203,17 @@ def test_sid_rows_can_start_from_the_texts_of_their_items(tmp_path) -> None:
     rows = base.get_input_embeddings().weight[keyword_subtokens(hf_tokenizer, keywords[token])]
     got = model.get_input_embeddings().weight[hf_tokenizer.convert_tokens_to_ids(token)]
     torch.testing.assert_close(got, rows.mean(0))
+
+
+def test_max_train_samples_draws_whole_windows_anew_each_epoch(tmp_path) -> None:
+    *_, sequences = _built(tmp_path, [*WINDOWS, "model.compact_window=4"])
+    *_, capped = _built(
+        tmp_path, [*WINDOWS, "model.compact_window=4", "train.max_train_samples=50"]
+    )
+    first, second = capped.epoch_items(0), capped.epoch_items(1)
+    assert 50 <= capped.examples_per_epoch(0) < 50 + 4
+    assert sum(w.examples for w in first) == capped.examples_per_epoch(0)
+    assert {id(w) for w in first} <= {id(w) for w in capped.windows}
+    assert [id(w) for w in first] != [id(w) for w in second]
+    assert [id(w) for w in first] == [id(w) for w in capped.epoch_items(0)]
+    assert sequences.examples_per_epoch(0) == sequences.num_examples

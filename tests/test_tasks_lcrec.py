@@ -513,8 +513,8 @@ def test_table4_configs_load_and_name_their_tasks(variant: str) -> None:
     families = {name.split("_")[0] for name in names}
     expected = {"seq": {"seq"}, "mut": {"seq", "mut"}, "asy": {"seq", "mut", "asy"}}
     assert families == expected.get(variant, {"seq", "mut", "asy", "ite"})
-    quickstart = load_config(EXPERIMENTS / "quickstart.yaml")
-    # the quickstart's settings, but LC-Rec's text-based SIDs and only popularity beside
+    quickstart = load_config(EXPERIMENTS / "quickstart_text.yaml")
+    # the text-prompt quickstart's settings, but LC-Rec's text-based SIDs and only popularity
     differs = {
         "name": True,
         "tasks": True,

@@ -115,6 +115,9 @@ class CompactSequences:
             context but cost more attention per token).
         prefix: token ids opening every window and prompt (e.g. an instruction); may be empty.
         suffixes: per item, token ids written after its SID (e.g. its title), or None.
+        max_examples: train on a random subset of windows per epoch holding at least this
+            many targets (``train.max_train_samples``; None: every window), drawn with
+            ``seed`` and the epoch.
 
     Windows are built once; an epoch is all of them (:meth:`epoch_items`).
     ``item_tokens`` may be a function returning the current table (codes that change).
@@ -131,6 +134,8 @@ class CompactSequences:
         window_items: int = 64,
         prefix: list[int] | tuple[int, ...] = (),
         suffixes: list[list[int]] | None = None,
+        max_examples: int | None = None,
+        seed: int = 0,
     ) -> None:
         if window_items < 1:
             raise ValueError(f"window_items must be >= 1, got {window_items}")
@@ -138,6 +143,8 @@ class CompactSequences:
             raise ValueError(f"suffixes has {len(suffixes)} rows for {split.num_items} items")
         self.prefix = list(prefix)
         self.suffixes = suffixes
+        self.max_examples = max_examples
+        self.seed = seed
         self.sep_id = sep_id
         self.pad_id = pad_id
         self.max_history = max_history
@@ -204,9 +211,24 @@ class CompactSequences:
     # ---------------------------------------------------------------- training
 
     def epoch_items(self, epoch: int) -> list:
-        """Every window (the same each epoch; batches are reshuffled by the data module);
-        with changing codes, the windows' plans."""
-        return self.plans if self.dynamic else self.windows
+        """The epoch's windows (every window, unless ``max_examples`` samples them; batches
+        are reshuffled by the data module); with changing codes, the windows' plans."""
+        items = self.plans if self.dynamic else self.windows
+        return [items[i] for i in self._epoch_indices(epoch)]
+
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        if self.max_examples is None or self.max_examples >= self.num_examples:
+            return list(range(len(self.plans)))
+        order = torch.randperm(
+            len(self.plans), generator=torch.Generator().manual_seed(self.seed + epoch)
+        ).tolist()
+        picked, examples = [], 0
+        for index in order:
+            if examples >= self.max_examples:
+                break
+            picked.append(index)
+            examples += self.plans[index].examples
+        return sorted(picked)
 
     def length(self, window) -> int:
         if isinstance(window, WindowPlan):  # independent of the current codes
@@ -214,7 +236,7 @@ class CompactSequences:
         return len(window.input_ids)
 
     def examples_per_epoch(self, epoch: int) -> int:
-        return self.num_examples
+        return sum(self.plans[i].examples for i in self._epoch_indices(epoch))
 
     def encode_pending(self, batch: dict) -> dict[str, torch.Tensor]:
         """Write a pending batch's windows in the current SID tokens; add ``sid_items``."""

@@ -1,10 +1,11 @@
 """The vectors a run's tokenizer reads: embedder output, cold-start fill-in, LLM targets.
 
-:class:`ItemVectors` builds the configured embedder (``embedder:``; ``text`` uses the
-``encoder:`` section), reads its output through the embedding cache, and, with
-``embedder.cold_start: text``, gives items without a training interaction vectors from a
-text-to-CF regressor fitted on the warm items (:mod:`semrec.embedders.cold_start`). It also
-embeds the texts of new items (``semrec add-items``) into the same space.
+:class:`ItemVectors` builds the configured embedder (``embedder:``; ``text``, alone or as a
+``hybrid``'s part, uses the ``encoder:`` section), reads its output through the embedding
+cache, and, with ``embedder.cold_start: text``, gives items without a training interaction
+vectors from a text-to-CF regressor fitted on the warm items
+(:mod:`semrec.embedders.cold_start`). It also embeds the texts of new items (``semrec
+add-items``) into the same space.
 """
 
 from __future__ import annotations
@@ -32,19 +33,36 @@ class ItemVectors:
 
     @cached_property
     def embedder(self):
-        """The configured item embedder; a learned CF model is seeded by the run."""
-        from semrec.embedders import ITEM_EMBEDDERS, TextEmbedder
-        from semrec.text.encoders import build_text_encoder
-
+        """The configured item embedder, built by :meth:`build_embedder`."""
         cfg = self.config.items.embedder
-        if cfg.name == "text":
-            encoder = self.config.encoder
-            return TextEmbedder(build_text_encoder(encoder.name, **encoder.params))
-        factory = ITEM_EMBEDDERS.get(cfg.name)
-        params = dict(cfg.params)
+        return self.build_embedder(cfg.name, cfg.params)
+
+    def build_embedder(self, name: str, params: dict[str, Any]):
+        """An item embedder as this run builds it: ``text`` with the ``encoder:`` section, a
+        learned CF model seeded by the run, and a ``hybrid``'s parts the same way."""
+        from semrec.embedders import ITEM_EMBEDDERS, HybridEmbedder, TextEmbedder
+
+        if name == "text":
+            if params:
+                raise ValueError(
+                    "the text embedder takes its encoder from the encoder: section "
+                    "(encoder.name, encoder.params); leave its params empty"
+                )
+            return TextEmbedder(self.text_encoder())
+        factory = ITEM_EMBEDDERS.get(name)
+        params = dict(params)
         if factory.seeded_by_run:
             params.setdefault("seed", self.config.seed)
+        if issubclass(factory, HybridEmbedder):
+            params["build"] = self.build_embedder
         return factory(**params)
+
+    def text_encoder(self):
+        """The ``encoder:`` section's text encoder (its model loads on the first encode)."""
+        from semrec.text.encoders import build_text_encoder
+
+        encoder = self.config.encoder
+        return build_text_encoder(encoder.name, **encoder.params)
 
     def data_fingerprint(self) -> Any:
         """What the embedder reads of the data beyond the item texts (None for text)."""
@@ -96,13 +114,9 @@ class ItemVectors:
 
     def text_embeddings(self, texts: list[str] | None = None) -> torch.Tensor:
         """The ``encoder:`` section's embeddings of ``texts`` (default: the item texts), cached."""
-        from semrec.text.encoders import build_text_encoder, encode_cached
+        from semrec.text.encoders import encode_cached
 
-        encoder = self.config.encoder
-        return encode_cached(
-            build_text_encoder(encoder.name, **encoder.params),
-            self.data.item_texts if texts is None else texts,
-        )
+        return encode_cached(self.text_encoder(), self.data.item_texts if texts is None else texts)
 
     def llm_alignment_targets(self) -> torch.Tensor:
         """Each item's mean LLM input embedding over its text (a tokenizer's LLM alignment).

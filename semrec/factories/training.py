@@ -85,6 +85,8 @@ def compact_sequences(
         window_items=config.model.compact_window,
         prefix=compact_prefix(config, hf_tokenizer),
         suffixes=compact_titles(config, hf_tokenizer, item_texts),
+        max_examples=config.train.max_train_samples,
+        seed=config.seed,
     )
 
 

@@ -33,12 +33,17 @@ class TrainingSpeed(L.Callback):
         self.every_n_steps = every_n_steps
         self._start = 0.0
         self._examples = self._tokens = self._labelled = 0
-        self._since: dict[str, float] = {}
+        # since the last step line (a run resumed mid-epoch starts without an epoch start)
+        self._since = self._fresh_since(time.perf_counter())
+
+    @staticmethod
+    def _fresh_since(now: float, step: int | None = None) -> dict[str, float | int | None]:
+        return {"time": now, "examples": 0, "loss": 0.0, "batches": 0, "step": step}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self._examples = self._tokens = self._labelled = 0
-        self._since = {"time": self._start, "examples": 0, "loss": 0.0, "batches": 0}
+        self._since = self._fresh_since(self._start)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_
@@ -53,7 +58,7 @@ class TrainingSpeed(L.Callback):
         since["batches"] += 1
         since["loss"] += float(loss) if loss is not None else float("nan")
         step = trainer.global_step
-        due = self.every_n_steps and step % self.every_n_steps == 0 and step != since.get("step")
+        due = self.every_n_steps and step % self.every_n_steps == 0 and step != since["step"]
         if due and self.echo is not None and trainer.is_global_zero:
             now = time.perf_counter()
             total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
@@ -64,7 +69,7 @@ class TrainingSpeed(L.Callback):
                 f"{since['examples'] / max(now - since['time'], 1e-9):.1f} examples/s "
                 "(this process)"
             )
-            self._since = {"time": now, "examples": 0, "loss": 0.0, "batches": 0, "step": step}
+            self._since = self._fresh_since(now, step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
@@ -95,12 +100,12 @@ class ValidationReport(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
-        shown = [
-            f"{name.removeprefix('val/')} {float(value):.4f}"
-            for name, value in sorted(metrics.items())
-            if name.startswith("val/") and name.removeprefix("val/").startswith(("hr@", "ndcg@"))
-        ]
+        ranked = []
+        for name, value in trainer.callback_metrics.items():
+            metric, _, k = name.removeprefix("val/").partition("@")
+            if name.startswith("val/") and metric in ("hr", "ndcg") and k.isdigit():
+                ranked.append((metric, int(k), float(value)))
+        shown = [f"{metric}@{k} {value:.4f}" for metric, k, value in sorted(ranked)]
         if shown:
             self.echo(
                 f"[valid] epoch {trainer.current_epoch + 1}, step {trainer.global_step}: "
