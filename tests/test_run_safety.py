@@ -282,3 +282,29 @@ def test_popularity_with_masking_skips_each_users_items() -> None:
     plain = evaluate_popularity(split, examples, [1])
     masked = evaluate_popularity(split, examples, [1], exclude=[[0]])
     assert plain["hr@1"] == 0.0 and masked["hr@1"] == 1.0
+
+
+def test_infinite_numbers_in_the_config_are_refused_naming_the_key() -> None:
+    for override, key in (("train.lr=.inf", "train.lr"), ("train.joint.alpha=.nan", "alpha")):
+        with pytest.raises(ConfigError, match=rf"{key}: Input should be a finite number"):
+            load_config(TINY, [override])
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch) -> None:
+    import semrec.models.module as module
+
+    real = module.response_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, output_ids=None):
+        calls["n"] += 1
+        loss = real(model, batch, output_ids)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(module, "response_loss", poisoned)
+    run_dir = tmp_path / "run"
+    config = load_config(TINY, ["train.epochs=2", "eval.baselines=[]"])
+    with pytest.raises(module.NonFiniteLossError, match=r"loss is nan at step 2 \(epoch 1"):
+        Run(config, run_dir, echo=lambda _: None).fit()
+    assert not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "adapter").exists()  # no validation ran: nothing saved as best

@@ -18,6 +18,10 @@ from semrec.evaluation.metrics import TopKRankingMetrics
 from semrec.models.loss import response_loss
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stopped before that step's update."""
+
+
 class GenRecModule(L.LightningModule):
     """Holds the (LoRA-wrapped) causal LM; trains on ``labels``, evaluates by beam search.
 
@@ -135,6 +139,13 @@ class GenRecModule(L.LightningModule):
                 if name != "total":
                     self.log(f"joint/{name}", value, batch_size=size)
             loss = loss + parts["total"]
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss):g} at step {self.global_step} (epoch "
+                f"{self.current_epoch + 1}, batch {batch_idx}); training stopped before this "
+                "step's update, and only validations before it may have saved an adapter. "
+                "Lower train.lr, or check the data and model.quantization"
+            )
         self.log(
             "train/response_tokens",
             tokens.float(),

@@ -37,7 +37,7 @@ class TrainingSpeed(L.Callback):
         self._since = self._fresh_since(time.perf_counter())
 
     @staticmethod
-    def _fresh_since(now: float, step: int | None = None) -> dict[str, float | int | None]:
+    def _fresh_since(now: float, step: int | None = None) -> dict[str, Any]:
         return {"time": now, "examples": 0, "loss": 0.0, "batches": 0, "step": step}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -56,7 +56,8 @@ class TrainingSpeed(L.Callback):
         since = self._since
         since["examples"] += examples
         since["batches"] += 1
-        since["loss"] += float(loss) if loss is not None else float("nan")
+        # summed as a tensor: converting every step would wait for the device each step
+        since["loss"] += loss.detach() if loss is not None else float("nan")
         step = trainer.global_step
         due = self.every_n_steps and step % self.every_n_steps == 0 and step != since["step"]
         if due and self.echo is not None and trainer.is_global_zero:
@@ -64,7 +65,7 @@ class TrainingSpeed(L.Callback):
             total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
             of = f"/{total}" if total else ""
             self.echo(
-                f"[train] step {step}{of}: loss {since['loss'] / since['batches']:.3f} "
+                f"[train] step {step}{of}: loss {float(since['loss']) / since['batches']:.3f} "
                 f"(mean of the last {since['batches']} batches), "
                 f"{since['examples'] / max(now - since['time'], 1e-9):.1f} examples/s "
                 "(this process)"
