@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from semrec.config import ConfigError, load_config
@@ -438,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"semrec: error: {type(err).__name__}: {err}", file=sys.stderr)
             return 1
-    from semrec.pipeline import Run, RunError
+    from semrec.pipeline import RunError
+    from semrec.run_lock import directory_lock
     from semrec.serving import PredictionError
 
     if not args.verbose:
@@ -448,67 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     try:
-        if args.command == "test":
-            run = _stored_run(Path(args.run), args.overrides)
-            run.write_report(run.test())
-            return 0
-        if args.command == "predict":
-            predict(args)
-            return 0
-        if args.command == "add-items":
-            from semrec.serving.new_items import add_items
-
-            add_items(_stored_run(Path(args.run), args.overrides), args.items)
-            return 0
-        if args.command == "export":
-            from semrec.serving.export import export_run
-
-            export_run(_stored_run(Path(args.run), args.overrides), args.out, merge=args.merge)
-            return 0
-        if args.command == "serve":
-            from semrec.serving.http import serve
-
-            serve(
-                args.dir,
-                args.cache,
-                args.host,
-                args.port,
-                max_batch=args.max_batch,
-                max_wait_ms=args.max_wait_ms,
-            )
-            return 0
-        if args.command == "compare":
-            from semrec.compare import compare
-
-            compare(
-                args.config,
-                args.seeds,
-                args.out,
-                sweeps=args.sweep,
-                overrides=args.overrides,
-                metrics=None if args.metrics is None else _names(args.metrics),
-                significance_metrics=_names(args.significance),
-                reference=args.reference,
-                overlap_k=args.overlap_k,
-            )
-            return 0
-        config = load_config(args.config, args.overrides)
-        if args.command == "fit" and args.seeds:
-            fit_seeds(config, args.run_dir, args.seeds, args.resume)
-            return 0
-        run = Run(config, args.run_dir)
-        if args.command == "annotate":
-            run.annotate(args.kind)
-        elif args.command == "tokenize":
-            run.tokenize()
-            print(run.tokenizer_report())
-            print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
-            if args.plot:
-                for path in run.plot_tokenizers():
-                    print(f"[tokenize] diagnostics: {path}")
-        else:
-            run.fit(resume=args.resume)
-        return 0
+        with contextlib.ExitStack() as locks:
+            return _dispatch(args, lambda directory: locks.enter_context(directory_lock(directory)))
     except (ConfigError, RunError, PredictionError) as err:
         print(f"semrec: error: {err}", file=sys.stderr)
         return 2
@@ -517,6 +461,83 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"semrec: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+
+
+def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
+    """Run the command of ``args`` (all but ``convert``); ``hold(directory)`` takes the lock
+    of a directory the command writes, for the rest of the command."""
+    from semrec.pipeline import Run
+
+    if args.command == "test":
+        hold(args.run)
+        run = _stored_run(Path(args.run), args.overrides)
+        run.write_report(run.test())
+        return 0
+    if args.command == "predict":
+        if args.shard is None:  # shards write their own files, side by side by design
+            hold(args.run)
+        predict(args)
+        return 0
+    if args.command == "add-items":
+        from semrec.serving.new_items import add_items
+
+        hold(args.run)
+        add_items(_stored_run(Path(args.run), args.overrides), args.items)
+        return 0
+    if args.command == "export":
+        from semrec.serving.export import export_run
+
+        hold(args.run)
+        hold(args.out)
+        export_run(_stored_run(Path(args.run), args.overrides), args.out, merge=args.merge)
+        return 0
+    if args.command == "serve":
+        from semrec.serving.http import serve
+
+        serve(
+            args.dir,
+            args.cache,
+            args.host,
+            args.port,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+        )
+        return 0
+    if args.command == "compare":
+        from semrec.compare import compare
+
+        hold(args.out)
+        compare(
+            args.config,
+            args.seeds,
+            args.out,
+            sweeps=args.sweep,
+            overrides=args.overrides,
+            metrics=None if args.metrics is None else _names(args.metrics),
+            significance_metrics=_names(args.significance),
+            reference=args.reference,
+            overlap_k=args.overlap_k,
+        )
+        return 0
+    config = load_config(args.config, args.overrides)
+    if args.command == "fit" and args.seeds:
+        hold(args.run_dir or config.resolved_run_dir())
+        fit_seeds(config, args.run_dir, args.seeds, args.resume)
+        return 0
+    run = Run(config, args.run_dir)
+    hold(run.run_dir)
+    if args.command == "annotate":
+        run.annotate(args.kind)
+    elif args.command == "tokenize":
+        run.tokenize()
+        print(run.tokenizer_report())
+        print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
+        if args.plot:
+            for path in run.plot_tokenizers():
+                print(f"[tokenize] diagnostics: {path}")
+    else:
+        run.fit(resume=args.resume)
+    return 0
 
 
 if __name__ == "__main__":

@@ -308,3 +308,60 @@ def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path, monkeypatch)
         Run(config, run_dir, echo=lambda _: None).fit()
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "adapter").exists()  # no validation ran: nothing saved as best
+
+
+def _hold_lock_in_another_process(directory: Path) -> subprocess.Popen:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from semrec.run_lock import directory_lock
+        with directory_lock({str(directory)!r}, "semrec fit --config other.yaml"):
+            print("held", flush=True)
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_command_on_a_locked_run_directory_is_refused(tmp_path, capsys) -> None:
+    """Two commands on one run directory cannot both proceed; the refusal names the holder,
+    and a lock left by a killed process is taken over."""
+    run_dir = tmp_path / "run"
+    holder = _hold_lock_in_another_process(run_dir)
+    try:
+        args = ["tokenize", "--config", str(TINY), "--run-dir", str(run_dir)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "semrec fit --config other.yaml" in err
+        assert not run_dir.exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the killed holder's lock is free again
+    out = capsys.readouterr().out
+    assert f"took over the lock of pid {holder.pid}" in out
+    assert (run_dir / "tokenizer").is_dir()
+
+
+def test_a_lock_is_not_taken_twice_by_one_command_and_its_children(tmp_path) -> None:
+    from semrec.run_lock import HELD_ENV, directory_lock, lock_path
+
+    with directory_lock(tmp_path / "x", echo=lambda _: None):
+        assert str(lock_path(tmp_path / "x")) in os.environ[HELD_ENV]
+        with directory_lock(tmp_path / "x"):  # e.g. a worker process it started
+            pass
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from semrec.run_lock import directory_lock\n"
+                f"with directory_lock({str(tmp_path / 'x')!r}): print('ok')",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
+        assert child.stdout.strip() == "ok", child.stderr
+    assert HELD_ENV not in os.environ
