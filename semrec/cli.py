@@ -143,12 +143,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--run", required=True, help="run directory written by `semrec fit`")
     export.add_argument(
-        "--out", required=True, help="new or empty directory, or a previous export (replaced)"
+        "--out",
+        required=True,
+        help="new or empty directory (or an earlier export, with --overwrite)",
     )
     export.add_argument(
         "--merge",
         action="store_true",
         help="merge the LoRA adapter into the backbone and save the full model",
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in --out (files an export does not write are kept)",
     )
     serve = commands.add_parser(
         "serve",
@@ -489,7 +496,12 @@ def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
 
         hold(args.run)
         hold(args.out)
-        export_run(_stored_run(Path(args.run), args.overrides), args.out, merge=args.merge)
+        export_run(
+            _stored_run(Path(args.run), args.overrides),
+            args.out,
+            merge=args.merge,
+            overwrite=args.overwrite,
+        )
         return 0
     if args.command == "serve":
         from semrec.serving.http import serve

@@ -8,7 +8,9 @@ whole command. A second command on the same directory is refused with the holder
 command line.
 
 The kernel drops a ``flock`` when its process dies, so a lock left by a killed command is
-simply free: the next command takes it over and says whose it was.
+simply free: the next command takes it over and says whose it was. A command that ends
+removes its lock file (while still holding the lock; a command that opened the file just
+before sees that it was removed and locks the new one).
 
 The processes a command starts itself (``predict --workers``, Lightning's DDP processes)
 inherit the held paths through the environment (``SEMREC_HELD_LOCKS``) and do not lock
@@ -80,18 +82,8 @@ def directory_lock(
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _acquire(path, directory)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            raise DirectoryInUseError(
-                f"{directory} is in use by another semrec command (pid "
-                f"{holder.get('pid', '?')}: {holder.get('command', '?')!r}, since "
-                f"{holder.get('started', '?')}); wait for it to finish, stop it, or use "
-                "another directory"
-            ) from None
         previous = _holder(fd)
         pid = previous.get("pid")
         if isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
@@ -116,8 +108,33 @@ def directory_lock(
                 os.environ.pop(HELD_ENV, None)
             else:
                 os.environ[HELD_ENV] = before
+            path.unlink(missing_ok=True)  # still locked: nobody can take this inode now
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(path: Path, directory: str | Path) -> int:
+    """A descriptor of ``path`` holding its exclusive lock (the file as it is now on disk)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise DirectoryInUseError(
+                f"{directory} is in use by another semrec command (pid "
+                f"{holder.get('pid', '?')}: {holder.get('command', '?')!r}, since "
+                f"{holder.get('started', '?')}); wait for it to finish, stop it, or use "
+                "another directory"
+            ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)  # its holder removed it as we opened it: lock the file there now
 
 
 __all__ = ["DirectoryInUseError", "directory_lock", "lock_path"]

@@ -234,14 +234,23 @@ def test_a_foreign_non_empty_out_is_refused_and_left_untouched(runs, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temp directory left
 
 
-def test_a_previous_export_is_replaced_and_a_failed_export_leaves_it_whole(
-    runs, tmp_path, monkeypatch
+def test_an_earlier_export_is_replaced_only_when_asked_keeping_the_users_files(
+    runs, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "x"
     export_run(stored(runs("full")), out, echo=quiet)
-    (out / "stale.txt").write_text("from before")
-    export_run(stored(runs("full")), out, echo=quiet)
-    assert not (out / "stale.txt").exists() and (out / "semrec.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "catalogue.json").write_text("{}")  # an export's own file: it is replaced
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["export", "--run", str(runs("full")), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "holds an earlier export" in err and "--overwrite" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    code = main(["export", "--run", str(runs("full")), "--out", str(out), "--overwrite"])
+    assert code == 0
+    assert (out / "notes.txt").read_text() == "mine"  # never deleted: semrec did not write it
+    assert (out / "catalogue.json").read_text() != "{}" and (out / "semrec.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no staging or lock left
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def fails(*args, **kwargs):
@@ -249,7 +258,7 @@ def test_a_previous_export_is_replaced_and_a_failed_export_leaves_it_whole(
 
     monkeypatch.setattr("semrec.serving.export._check_prompts", fails)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_run(stored(runs("full")), out, echo=quiet)
+        export_run(stored(runs("full")), out, overwrite=True, echo=quiet)
     with pytest.raises(RuntimeError, match="disk full"):
         export_run(stored(runs("full")), tmp_path / "new", echo=quiet)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

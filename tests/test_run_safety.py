@@ -343,6 +343,9 @@ def test_a_second_command_on_a_locked_run_directory_is_refused(tmp_path, capsys)
     out = capsys.readouterr().out
     assert f"took over the lock of pid {holder.pid}" in out
     assert (run_dir / "tokenizer").is_dir()
+    from semrec.run_lock import lock_path
+
+    assert not lock_path(run_dir).exists()  # a finished command leaves no lock file
 
 
 def test_a_lock_is_not_taken_twice_by_one_command_and_its_children(tmp_path) -> None:

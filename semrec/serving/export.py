@@ -16,13 +16,18 @@ The SIDs are the run's current ones: a tokenizer trained with the LLM (TTDS) is 
 with the codes of the exported weights, the catalogue includes the items of
 ``semrec add-items``. Before anything is written, the prompts the export will build
 (:func:`~semrec.serving.recommender.exported_prompts`) are checked against the run's own
-evaluation prompts. The directory appears whole or not at all; an existing non-empty
-``--out`` is refused unless it holds a previous export, which is replaced.
+evaluation prompts. A new directory appears whole or not at all. An existing non-empty
+``--out`` is refused, and so is an earlier export unless ``overwrite`` (``--overwrite``)
+says to replace it: then only the entries an export writes are replaced (the manifest is
+removed first and written last, so a replacement cut short is never read as an export),
+and files the user put there are kept.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,17 +99,47 @@ def is_export(path: Path) -> bool:
         return False
 
 
-def check_target(out: Path) -> None:
-    """Refuse an ``--out`` that exists and holds something other than a previous export."""
+#: what an export writes in its directory (anything else there is the user's)
+EXPORT_ENTRIES = (MANIFEST, CATALOGUE, "tokenizer", "adapter", "model")
+
+
+def check_target(out: Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` that exists and is not empty, unless it holds an earlier export
+    and ``overwrite`` is set."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ExportError(f"--out {out} is a file; give a directory")
-    if any(out.iterdir()) and not is_export(out):
+    if not any(out.iterdir()):
+        return
+    if not is_export(out):
         raise ExportError(
             f"--out {out} is not empty and holds no previous export ({MANIFEST}); nothing "
             "was written. Choose a new or empty directory"
         )
+    if not overwrite:
+        raise ExportError(
+            f"--out {out} holds an earlier export; nothing was written. Pass --overwrite to "
+            "replace it (files an export does not write are kept), or choose a new directory"
+        )
+
+
+def _publish(staged: Path, out: Path) -> None:
+    """Move the export ``staged`` beside ``out`` into place: the whole directory when
+    ``out`` does not exist, else entry by entry over an empty dir or an earlier export."""
+    if not out.exists():
+        os.replace(staged, out)
+        return
+    (out / MANIFEST).unlink(missing_ok=True)  # first: a half-replaced export is no export
+    for name in EXPORT_ENTRIES:
+        old = out / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    for entry in sorted(staged.iterdir(), key=lambda path: path.name == MANIFEST):
+        os.replace(entry, out / entry.name)  # the manifest last
+    staged.rmdir()
 
 
 def export_run(
@@ -112,15 +147,17 @@ def export_run(
     out: str | Path,
     *,
     merge: bool = False,
+    overwrite: bool = False,
     echo: Callable[[str], None] = print,
 ) -> ExportSummary:
-    """Export the trained ``run`` (a read-only :class:`~semrec.pipeline.Run`) into ``out``."""
+    """Export the trained ``run`` (a read-only :class:`~semrec.pipeline.Run`) into ``out``
+    (``overwrite``: replace an earlier export there; see the module docs)."""
     from semrec.models.backbone import describe
 
     config = run.config
     check_exportable(config, merge=merge)
     out = Path(out)
-    check_target(out)
+    check_target(out, overwrite)
     module, datamodule, hf_tokenizer = run.train(allow_training=False)
     model = module.model
     item_ids, _ = run.catalogue()
@@ -131,7 +168,8 @@ def export_run(
     prefix = getattr(datamodule.training, "prefix", [])
     manifest = _manifest(run, describe(base), len(item_ids), prefix)
     manifest["backbone"]["embedding_rows"] = base.get_input_embeddings().weight.shape[0]
-    with atomic_dir(out) as tmp:
+    staged = out.parent / f".{out.name}.export"
+    with atomic_dir(staged) as tmp:
         manifest["weights"] = _write_weights(model, tmp, merge)
         hf_tokenizer.save_pretrained(str(tmp / "tokenizer"))
         rows = zip(item_ids, sid_tokens, token_ids)
@@ -143,6 +181,10 @@ def export_run(
             tmp, manifest, datamodule, item_ids, sid_tokens, token_ids
         )
         write_json(tmp / MANIFEST, manifest)
+    try:
+        _publish(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     weights = manifest["weights"]
     echo(
         f"[export] {run.run_dir} -> {out}: {weights['kind']} weights in {out / weights['path']}, "
