@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue an interrupted training from run_dir/checkpoints (same config)",
     )
     fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="retrain a run directory whose model was trained with another config, replacing "
+        "its adapter and metrics (without it such a fit is refused)",
+    )
+    fit.add_argument(
         "--seeds",
         type=_seed_list,
         help="run the config once per seed (e.g. 0,1,2) into run_dir/seed-<n>/ and write "
@@ -394,7 +400,9 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> dict:
+def fit_seeds(
+    config, run_dir: str | None, seeds: list[int], resume: bool, overwrite: bool = False
+) -> dict:
     """``semrec fit --seeds``: one run per seed, then the mean ± std table over seeds."""
     from semrec.artifacts import atomic_write, write_json
     from semrec.distributed import is_rank_zero
@@ -416,7 +424,7 @@ def fit_seeds(config, run_dir: str | None, seeds: list[int], resume: bool) -> di
         seed_dir = base / f"seed-{seed}"
         # --resume continues the seeds a kill interrupted; the others start (or are reused)
         interrupted = resume and any((seed_dir / "checkpoints").glob("*.ckpt"))
-        per_seed[seed] = Run(seeded, seed_dir).fit(resume=interrupted)
+        per_seed[seed] = Run(seeded, seed_dir).fit(resume=interrupted, overwrite=overwrite)
     if not is_rank_zero():  # another process of a multi-process run: rank 0 reports
         return {}
     summary = seed_summary(per_seed)
@@ -534,7 +542,7 @@ def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
     config = load_config(args.config, args.overrides)
     if args.command == "fit" and args.seeds:
         hold(args.run_dir or config.resolved_run_dir())
-        fit_seeds(config, args.run_dir, args.seeds, args.resume)
+        fit_seeds(config, args.run_dir, args.seeds, args.resume, args.overwrite)
         return 0
     run = Run(config, args.run_dir)
     hold(run.run_dir)
@@ -548,7 +556,7 @@ def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
             for path in run.plot_tokenizers():
                 print(f"[tokenize] diagnostics: {path}")
     else:
-        run.fit(resume=args.resume)
+        run.fit(resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -137,7 +137,8 @@ def run_cell(config: ExperimentConfig, directory: Path, resume: bool) -> dict[st
     """The default cell runner: ``semrec fit`` of ``config`` into ``directory``."""
     from semrec.pipeline import Run
 
-    return Run(config, directory).fit(resume=resume)
+    # a cell whose row now has another config is recomputed: its directory is the compare's
+    return Run(config, directory).fit(resume=resume, overwrite=True)
 
 
 def run_cells(

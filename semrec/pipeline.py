@@ -304,6 +304,19 @@ class Run(RunTokenizers):
             {t: [s.description, list(s.keywords)] for t, s in (self.token_semantics or {}).items()},
         )
 
+    def _check_replaces_no_model(self) -> None:
+        """Refuse to retrain over a finished training of another config (before any stage)."""
+        if "train" not in self.directory.stages() or not self.directory.config_file.is_file():
+            return
+        self.directory.stored_config(
+            self.config,
+            TRAINING_KEYS,
+            refusal=f"{self.run_dir} holds a model trained with another config, which this fit "
+            "would retrain and replace; nothing was changed. The keys that differ",
+            advice="pass --overwrite (Run.fit(overwrite=True)) to retrain and replace it, or "
+            "use another --run-dir",
+        )
+
     def _check_resumable(self) -> Path:
         """The newest full checkpoint to resume from; refuses if the training config changed."""
         checkpoint = self.directory.latest_checkpoint()
@@ -569,13 +582,17 @@ class Run(RunTokenizers):
         )
         return result.metrics()
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics.
 
-        ``resume=True`` continues an interrupted training from its last full checkpoint.
+        ``resume=True`` continues an interrupted training from its last full checkpoint. A
+        directory holding a model trained with another config (a key that changes training
+        differs) is refused unless ``overwrite=True``, which retrains and replaces it.
         """
         wall = time.perf_counter()
         resume_from = self._check_resumable() if resume else None  # before anything is written
+        if not resume and not overwrite:
+            self._check_replaces_no_model()
         self.echo(f"[run] {self.config.name} -> {self.run_dir}")
         self.echo(self.tokenizer_report())
         metrics = self.test(self.train(resume_from=resume_from))

@@ -368,3 +368,22 @@ def test_a_lock_is_not_taken_twice_by_one_command_and_its_children(tmp_path) -> 
         )
         assert child.stdout.strip() == "ok", child.stderr
     assert HELD_ENV not in os.environ
+
+
+def test_fit_refuses_to_replace_a_model_trained_with_another_config(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    args = ["fit", "--config", str(TINY), "--run-dir", str(run_dir), "train.epochs=1"]
+    quick = ["eval.baselines=[]", "eval.max_test_users=8"]
+    assert main([*args, *quick]) == 0
+    weights = (run_dir / "adapter" / WEIGHTS_FILE).read_bytes()
+    metrics = (run_dir / "metrics.json").read_text()
+    capsys.readouterr()
+    assert main([*args, *quick, "train.lr=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.003 -> 0.01" in err and "--overwrite" in err
+    assert (run_dir / "adapter" / WEIGHTS_FILE).read_bytes() == weights  # nothing replaced
+    assert (run_dir / "metrics.json").read_text() == metrics
+    assert main([*args, "eval.baselines=[]", "eval.max_test_users=4"]) == 0  # eval only: fine
+    assert (run_dir / "adapter" / WEIGHTS_FILE).read_bytes() == weights
+    assert main([*args, *quick, "train.lr=0.01", "--overwrite"]) == 0
+    assert (run_dir / "adapter" / WEIGHTS_FILE).read_bytes() != weights
