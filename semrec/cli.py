@@ -234,6 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", required=True, choices=["recbole", "lcrec_json", "minionerec_csv"])
     convert.add_argument("--out", required=True, help="output directory")
     convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files an earlier conversion left in --out (without it they are refused)",
+    )
+    convert.add_argument(
         "--option",
         "-o",
         action="append",
@@ -378,6 +383,7 @@ def convert_dataset(args: argparse.Namespace) -> int:
         args.out,
         options=dict(args.option),
         writer_options={} if args.max_history is None else {"max_history": args.max_history},
+        overwrite=args.overwrite,
     )
     print(
         f"[convert] {args.source} {dataset.name}: {dataset.num_users} users, "

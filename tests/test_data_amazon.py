@@ -466,8 +466,14 @@ def test_lcrec_json_round_trip(sports: Path, tmp_path: Path) -> None:
     assert back.user_text == ds.user_text
     assert_same_split(ds, back)
 
-    # converting again without reviews leaves no stale review file behind
-    write_lcrec_json(load_dataset("amazon2018", str(sports), "Sports", reviews=False), out)
+    # converting again is refused without overwrite, and writes nothing
+    again = load_dataset("amazon2018", str(sports), "Sports", reviews=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="already holds Sports.inter.json.*--overwrite"):
+        write_lcrec_json(again, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # with overwrite, converting again without reviews leaves no stale review file behind
+    write_lcrec_json(again, out, overwrite=True)
     assert not (out / "Sports.review.json").exists()
     assert load_dataset("lcrec_json", str(out), "Sports").user_text is None
 
@@ -570,6 +576,10 @@ def test_cli_convert(beauty2018: Path, tmp_path: Path, capsys) -> None:
     back = load_dataset("lcrec_json", str(out), "Beauty")
     assert sequences_by_id(back) == {"u1": ["B3", "B1", "B2"], "u2": ["B2", "B1"]}
     assert back.item_text[0]["title"] == "Rose & Oud Soap"
+    again = [*args, "--to", "lcrec_json", "--out", str(out), "--option", "kcore=0"]
+    assert main(again) == 1  # the first conversion's files are not replaced silently
+    assert "already holds" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
 
     assert main([*args, "--to", "recbole", "--out", str(tmp_path / "rb"), "-o", "kcore=-1"]) == 1
     assert "option kcore must be an integer >= 0, got -1" in capsys.readouterr().err

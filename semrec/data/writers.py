@@ -63,16 +63,20 @@ def convert(
     *,
     options: dict[str, Any] | None = None,
     writer_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> tuple[RecDataset, list[Path]]:
     """Load ``source`` (with loader ``options``) and write it as ``to`` into ``out``.
 
     Returns the dataset and the written paths. Unknown formats and writer options are
-    refused before anything is read.
+    refused before anything is read; files already in ``out`` that the conversion would
+    replace are refused unless ``overwrite``.
     """
     writer = DATASET_WRITERS.get(to)
     writer_options = dict(writer_options or {})
     accepted = [
-        p.name for p in inspect.signature(writer).parameters.values() if p.kind is p.KEYWORD_ONLY
+        p.name
+        for p in inspect.signature(writer).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name != "overwrite"
     ]
     unknown = [key for key in writer_options if key not in accepted]
     if unknown:
@@ -80,7 +84,7 @@ def convert(
             f"format {to!r} has no option {unknown[0]!r} (options: {', '.join(accepted) or 'none'})"
         )
     dataset = load_dataset(source, path, name, **(options or {}))
-    return dataset, writer(dataset, Path(out), **writer_options)
+    return dataset, writer(dataset, Path(out), overwrite=overwrite, **writer_options)
 
 
 class _Staging:
@@ -88,8 +92,9 @@ class _Staging:
     files of the format this conversion does not write (say a ``.review.json`` of an earlier
     conversion with reviews) are removed then, so the output never mixes two conversions."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, overwrite: bool = False) -> None:
         self.out = out
+        self.overwrite = overwrite
         self.created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
@@ -108,6 +113,15 @@ class _Staging:
         self.stale.append(relative)
 
     def commit(self) -> list[Path]:
+        """Move the staged files into ``out``; refuses (writing nothing) to replace files
+        already there unless ``overwrite``."""
+        taken = [r for r in [*self.names, *self.stale] if (self.out / r).exists()]
+        if taken and not self.overwrite:
+            raise FileExistsError(
+                f"--out {self.out} already holds {', '.join(taken[:3])}"
+                f"{' and more' if len(taken) > 3 else ''} (an earlier conversion?); nothing "
+                "was written. Pass --overwrite to replace them, or choose another --out"
+            )
         for relative in self.stale:
             if (self.out / relative).is_file():
                 log.info("removing %s from an earlier conversion", self.out / relative)
@@ -128,8 +142,8 @@ class _Staging:
 
 
 @contextlib.contextmanager
-def _staged(out: Path) -> Iterator[_Staging]:
-    staging = _Staging(out)
+def _staged(out: Path, overwrite: bool = False) -> Iterator[_Staging]:
+    staging = _Staging(out, overwrite)
     try:
         yield staging
     except BaseException:
@@ -179,7 +193,7 @@ def _header_names(names: list[str], source: str) -> None:
 
 
 @DATASET_WRITERS.register("recbole")
-def write_recbole(ds: RecDataset, out: Path) -> list[Path]:
+def write_recbole(ds: RecDataset, out: Path, *, overwrite: bool = False) -> list[Path]:
     """RecBole atomic files ``<name>.inter``, ``.item`` (+ ``.user``) in ``out``."""
     source = ds.source or ds.name
     _check_ids(ds.user_ids, "user", source)
@@ -193,7 +207,7 @@ def write_recbole(ds: RecDataset, out: Path) -> list[Path]:
     if ds.user_text is not None:
         log.info("recbole: %s's reviews (user_text) are not written", ds.name)
 
-    with _staged(Path(out)) as stage:
+    with _staged(Path(out), overwrite) as stage:
         with _open_text(stage.path(f"{ds.name}.inter")) as fh:
             columns = ["user_id:token", "item_id:token"]
             columns += ["rating:float"] if ds.ratings is not None else []
@@ -256,10 +270,10 @@ def _dump_json(path: Path, obj: Any) -> None:
 
 
 @DATASET_WRITERS.register("lcrec_json")
-def write_lcrec_json(ds: RecDataset, out: Path) -> list[Path]:
+def write_lcrec_json(ds: RecDataset, out: Path, *, overwrite: bool = False) -> list[Path]:
     """LC-Rec JSON ``<name>.inter.json``, ``.item.json`` (+ ``.review.json``, ``.index.json``)."""
     sequences = ds.sequences()
-    with _staged(Path(out)) as stage:
+    with _staged(Path(out), overwrite) as stage:
         _dump_json(
             stage.path(f"{ds.name}.inter.json"),
             {
@@ -285,7 +299,9 @@ def write_lcrec_json(ds: RecDataset, out: Path) -> list[Path]:
 
 
 @DATASET_WRITERS.register("minionerec_csv")
-def write_minionerec_csv(ds: RecDataset, out: Path, *, max_history: int = 20) -> list[Path]:
+def write_minionerec_csv(
+    ds: RecDataset, out: Path, *, max_history: int = 20, overwrite: bool = False
+) -> list[Path]:
     """MiniOneRec's ``train|valid|test/<name>.csv`` from the leave-one-out split (users with
     fewer than 3 interactions are left out and counted in the log)."""
     split = leave_one_out(ds, max_history=max_history, short_users="drop")
@@ -299,7 +315,7 @@ def write_minionerec_csv(ds: RecDataset, out: Path, *, max_history: int = 20) ->
     )
     columns = ["user_id", "history_item_title", "item_title", "history_item_id", "item_id"]
     columns += ["history_item_sid", "item_sid"] if sids is not None else []
-    with _staged(Path(out)) as stage:
+    with _staged(Path(out), overwrite) as stage:
         for part, examples in [
             ("train", split.train),
             ("valid", split.valid),
