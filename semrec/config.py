@@ -376,6 +376,17 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     annotate: AnnotateConfig = AnnotateConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """``name`` names ``runs/<name>``: a path in it would put the run somewhere else."""
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError(
+                "must be a plain name (it becomes runs/<name>); to place a run "
+                "elsewhere set run_dir or pass --run-dir"
+            )
+        return name
+
     @model_validator(mode="before")
     @classmethod
     def _item_aliases(cls, data: Any) -> Any:

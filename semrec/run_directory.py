@@ -69,10 +69,17 @@ class RunDirectory:
         except (OSError, ValueError, AttributeError) as err:
             raise RunError(f"{self.stages_file} is not a readable stages file: {err}") from None
         if found != RUN_FORMAT:
+            found = found or 1
+            newer = isinstance(found, int) and found > RUN_FORMAT
+            origin = (
+                "a newer semrec: upgrade semrec to use it"
+                if newer
+                else "an older semrec: rerun `semrec fit` with a new --run-dir"
+            )
             raise RunError(
-                f"{self.stages_file}: run directory format {found or 1} (an older semrec), this "
-                f"semrec writes format {RUN_FORMAT}; rerun `semrec fit` with a new --run-dir "
-                "(nothing in this directory was changed)"
+                f"{self.stages_file}: run directory format {found!r} (written by {origin}); "
+                f"this semrec reads and writes format {RUN_FORMAT} (nothing in this directory "
+                "was changed)"
             )
 
     def stages(self) -> dict[str, Any]:

@@ -361,6 +361,13 @@ def run_dir_from_older_semrec(tmp: Path, run: Path) -> Cli:
     return synthetic(tmp, run, code=2)
 
 
+def run_dir_from_newer_semrec(tmp: Path, run: Path) -> Cli:
+    """A run directory written by a later run-directory format than this semrec knows."""
+    write(run / "stages.json", '{"format": 99, "tokenizer": "0123456789abcdef"}\n')
+    write(run / "config.yaml", "name: new\n")
+    return synthetic(tmp, run, code=2)
+
+
 def unwritable_run_dir(tmp: Path, run: Path) -> Cli:
     """--run-dir below a regular file (permission bits do not stop root, a file does)."""
     body = {"dataset": {"source": "synthetic"}}
@@ -552,7 +559,8 @@ CASES = [
     pytest.param(annotation_jsonl_malformed_line, ["ann.jsonl:2", "not valid JSON"], id="annotation-jsonl-malformed-line"),
     pytest.param(annotation_cache_corrupt_line, ["preference.jsonl:2", "corrupt cache entry"], id="annotation-cache-corrupt-line"),
     # ---- run directories
-    pytest.param(run_dir_from_older_semrec, ["run/stages.json", "format 1 (an older semrec)", "nothing in this directory was changed"], id="run-dir-from-older-version"),
+    pytest.param(run_dir_from_older_semrec, ["run/stages.json", "format 1 (written by an older semrec", "nothing in this directory was changed"], id="run-dir-from-older-version"),
+    pytest.param(run_dir_from_newer_semrec, ["run/stages.json", "format 99 (written by a newer semrec: upgrade semrec", "nothing in this directory was changed"], id="run-dir-from-newer-version"),
     pytest.param(unwritable_run_dir, ["run/SENTINEL/inner", "is not writable"], id="run-dir-unwritable"),
     pytest.param(adapter_from_another_tokenizer, ["adapter/trainable.safetensors", "has shape", "different vocabulary"], id="adapter-from-another-tokenizer"),
 ]

@@ -387,3 +387,9 @@ def test_fit_refuses_to_replace_a_model_trained_with_another_config(tmp_path, ca
     assert (run_dir / "adapter" / WEIGHTS_FILE).read_bytes() == weights
     assert main([*args, *quick, "train.lr=0.01", "--overwrite"]) == 0
     assert (run_dir / "adapter" / WEIGHTS_FILE).read_bytes() != weights
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "a/b", "..", ""])
+def test_a_run_name_cannot_place_the_run_outside_runs(name) -> None:
+    with pytest.raises(ConfigError, match=r"name: .*must be a plain name"):
+        load_config(TINY, [f"name='{name}'"])
