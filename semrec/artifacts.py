@@ -47,12 +47,34 @@ def content_hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The permission bits a new file (``0o666``) or directory (``0o777``) gets under this
+    process's umask: what ``open`` and ``mkdir`` give, and what the temp files and
+    directories of atomic writes (created ``0o600`` / ``0o700``) are set to."""
+    mask = _umask()
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds.
+    The file gets the permissions the umask gives a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, umask_mode())
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -65,10 +87,12 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory; it replaces ``path`` only if the block succeeds."""
+    """Yield a temp directory; it replaces ``path`` only if the block succeeds. The directory
+    gets the permissions the umask gives a new directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, umask_mode(directory=True))
     try:
         yield tmp
         if path.exists():

@@ -393,3 +393,24 @@ def test_fit_refuses_to_replace_a_model_trained_with_another_config(tmp_path, ca
 def test_a_run_name_cannot_place_the_run_outside_runs(name) -> None:
     with pytest.raises(ConfigError, match=r"name: .*must be a plain name"):
         load_config(TINY, [f"name='{name}'"])
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)]
+)
+def test_files_written_atomically_follow_the_umask(tmp_path, umask, file_mode, dir_mode) -> None:
+    from semrec.artifacts import atomic_dir, atomic_write
+    from semrec.models.checkpoint import AtomicCheckpointIO
+
+    before = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "a.json") as fh:
+            fh.write("{}")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "c.ckpt")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "d").stat().st_mode & 0o777 == dir_mode

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semrec.artifacts import atomic_dir, write_json
+from semrec.artifacts import atomic_dir, umask_mode, write_json
 
 WEIGHTS_FILE = "trainable.safetensors"
 
@@ -171,6 +171,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.close(fd)
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.chmod(tmp, umask_mode())  # Lightning's writer sets its own mode
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
