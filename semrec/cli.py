@@ -48,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        if needs_config:
+        if needs_config:  # the others name their run with --run; no --run-dir to ignore
             sub.add_argument("--config", "-c", required=True, help="experiment YAML")
-        sub.add_argument("--run-dir", help="run directory (default: config run_dir or runs/<name>)")
+            sub.add_argument(
+                "--run-dir", help="run directory (default: config run_dir or runs/<name>)"
+            )
         sub.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=2")
         return sub
 

@@ -414,3 +414,13 @@ def test_files_written_atomically_follow_the_umask(tmp_path, umask, file_mode, d
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "c.ckpt").stat().st_mode & 0o777 == file_mode
     assert (tmp_path / "d").stat().st_mode & 0o777 == dir_mode
+
+
+@pytest.mark.parametrize(
+    "command", [["test"], ["predict"], ["add-items", "--items", "i.json"], ["export", "--out", "o"]]
+)
+def test_commands_of_a_finished_run_do_not_accept_a_run_dir_they_would_ignore(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--run", "runs/x", "--run-dir", "runs/y"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --run-dir" in capsys.readouterr().err
