@@ -179,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=2_000_000,
+        help="larger request bodies get a 413 before they are read (default 2 MB)",
+    )
+    serve.add_argument(
         "--max-batch", type=int, default=16, help="live requests per beam search (default 16)"
     )
     serve.add_argument(
@@ -529,6 +535,7 @@ def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
             args.port,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
+            max_request_bytes=args.max_request_bytes,
         )
         return 0
     if args.command == "compare":

@@ -213,3 +213,125 @@ def test_a_failing_decode_is_a_500_and_the_server_keeps_serving(exported, monkey
         assert "decoding failed: ZeroDivisionError" in broken.json()["detail"]
         monkeypatch.setattr(recommender, "recommend_batch", original)
         assert post(url, {"history": ["i0", "i1"], "k": 3}).status_code == 200
+
+
+# ---------------------------------------------------------------- limits and strictness
+
+
+@pytest.fixture(scope="module")
+def small_limit(exported, reference):
+    """A server with a 4 kB request limit."""
+    app = create_app(reference, TopKCache(exported[1]), max_request_bytes=4096)
+    with running_in_background(app) as url:
+        yield url
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(small_limit, reference):
+    big = b'{"history": [' + b'"i0",' * 20_000 + b'"i0"]}'  # 100 kB
+    declared = httpx.post(
+        f"{small_limit}/recommend", content=big, headers={"content-type": "application/json"}
+    )
+    assert declared.status_code == 413 and "limit of 4096 bytes" in declared.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while read
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    streamed = httpx.post(
+        f"{small_limit}/recommend", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    ok = post(small_limit, {"history": reference.item_ids[:3], "k": 3})
+    assert ok.status_code == 200  # the server goes on serving
+    # 50 MB declared: refused from the header before the body is sent, so nothing is read
+    # and the server's memory does not grow
+    import socket
+    from urllib.parse import urlsplit
+
+    before = _max_rss_mb()
+    address = urlsplit(small_limit)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as raw:
+        raw.sendall(
+            b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n"
+        )
+        reply = raw.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 413") and "limit of 4096 bytes" in reply
+    assert _max_rss_mb() - before < 20
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"history": ["i0"], "k": True}, "body.k: Input should be a valid integer"),
+        ({"history": ["i0"], "k": "5"}, "body.k: Input should be a valid integer"),
+        ({"history": ["i0"], "exclude_history": 1}, "body.exclude_history"),
+        ({"history": ["i0", True]}, "body.history.1"),
+    ],
+)
+def test_request_types_are_strict(server, body, message):
+    url, _ = server
+    response = post(url, body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_error_replies_do_not_echo_the_request(server):
+    url, _ = server
+    long_text = "x" * 50_000
+    for body in ({"history": long_text}, {"history": [long_text], "k": 3}, {"user": long_text}):
+        response = post(url, body)
+        assert response.status_code in (404, 422), response.text
+        assert len(response.content) < 2_000 and long_text not in response.text
+
+
+def test_the_reply_k_counts_the_items_returned_and_says_why_fewer(server, reference):
+    url, _ = server
+    history = reference.item_ids[:21]  # 3 items left once the history is excluded
+    response = post(url, {"history": history, "k": 8})
+    body = response.json()
+    assert response.status_code == 200
+    assert body["k"] == len(body["items"]) < 8 and body["requested_k"] == 8
+    assert "history's items were excluded" in body["note"]
+    full = post(url, {"history": history[:2], "k": 4}).json()
+    assert full["k"] == full["requested_k"] == 4 and full["note"] is None
+
+
+def _cache_file(path: Path, records: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_a_cache_is_checked_against_the_catalogue_when_loaded(reference, tmp_path):
+    good = {"user": "u1", "items": reference.item_ids[:2], "scores": [0.0, -1.0]}
+    alien = {"user": "u2", "items": ["../../etc/passwd"], "scores": [0.0]}
+    with pytest.raises(ValueError, match=r"record 2 \(user 'u2'\) names 1 item\(s\) not in"):
+        create_app(reference, TopKCache(_cache_file(tmp_path / "a.jsonl", [good, alien])))
+    with pytest.raises(
+        ValueError, match=r"record 2: user 'u1' is cached twice \(first in record 1"
+    ):
+        TopKCache(_cache_file(tmp_path / "b.jsonl", [good, good]))
+
+
+def test_start_up_failures_are_one_line_errors(exported, tmp_path, capsys):
+    import shutil
+
+    from semrec.cli import main
+
+    assert main(["serve", "--dir", str(exported[0]), "--port", "70000"]) == 1
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(exported[0], broken)
+    weights = next(p for p in broken.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    assert main(["serve", "--dir", str(broken), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not load the export" in err and "Traceback" not in err

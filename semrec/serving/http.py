@@ -2,7 +2,9 @@
 
 ``POST /recommend`` answers ``{"user": ID}`` from a top-K cache (the file ``semrec predict``
 writes) and ``{"history": [item ids]}`` by live decoding with the exported recommender;
-``GET /health`` says what is loaded. Live requests are decoded together: a micro-batcher
+``GET /health`` says what is loaded. Request bodies over ``max_request_bytes`` (2 MB by
+default) are answered 413 before they are parsed; error replies never echo the request
+back. Live requests are decoded together: a micro-batcher
 collects them for up to ``max_wait_ms`` (or until ``max_batch`` are waiting), groups them by
 ``(k, exclude_history)`` and runs one batched beam search per group in a single worker
 thread (the model is not thread-safe). Each request is checked against the catalogue
@@ -33,7 +35,7 @@ except ImportError as err:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         f"semrec serve needs FastAPI and uvicorn ({err}): pip install 'semrec[serve]'"
     ) from err
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, model_validator
 
 from semrec.serving.topk_cache import TopKCache
 
@@ -59,8 +61,8 @@ class RecommendRequest(BaseModel):
 
     user: ExternalId | None = None
     history: list[ExternalId] | None = None
-    k: int | None = None
-    exclude_history: bool = True
+    k: StrictInt | None = None  # strict: true is not 1, "5" is not 5
+    exclude_history: StrictBool = True
 
     @model_validator(mode="after")
     def _user_or_history(self) -> RecommendRequest:
@@ -75,11 +77,83 @@ class ScoredItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    """Best first; ``source`` says whether the top-K cache or live decoding answered."""
+    """Best first; ``source`` says whether the top-K cache or live decoding answered. ``k``
+    is the number of items returned; ``requested_k`` what was asked, and ``note`` says why
+    fewer came back."""
 
     items: list[ScoredItem]
     source: Literal["cache", "live"]
     k: int
+    requested_k: int
+    note: str | None = None
+
+
+def _response(items: list[ScoredItem], source: str, requested: int, excluded: bool):
+    note = None
+    if len(items) < requested:
+        why = "after the history's items were excluded" if excluded else "in the beam search"
+        note = f"only {len(items)} valid items were found {why}"
+    return RecommendResponse(
+        items=items, source=source, k=len(items), requested_k=requested, note=note
+    )
+
+
+DEFAULT_MAX_REQUEST_BYTES = 2_000_000
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request whose body is over ``max_bytes`` gets a 413, by its
+    Content-Length before anything is read; a body without one (chunked) is read here up to
+    the limit, then handed on whole."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1, got {max_bytes}")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await self._reject(send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._reject(send)
+                return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send) -> None:
+        response = JSONResponse(
+            status_code=413,
+            content={"detail": f"request body over the server's limit of {self.max_bytes} bytes"},
+        )
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 @dataclass
@@ -88,6 +162,10 @@ class _Pending:
     k: int
     exclude_history: bool
     future: asyncio.Future = field(repr=False)
+
+
+class ServeStartError(RuntimeError):
+    """The service could not start (a bad export, cache or setting); one line says why."""
 
 
 class ServerUnavailable(RuntimeError):
@@ -214,6 +292,17 @@ def _fail(requests: Sequence[_Pending], error: Exception) -> None:
             pending.future.set_exception(error)
 
 
+def _without_inputs(errors: Sequence[dict]) -> list[dict]:
+    """Validation errors without the offending input (never echo a request back)."""
+    kept = []
+    for error in errors:
+        error = {k: v for k, v in error.items() if k not in ("input", "url")}
+        if "ctx" in error:
+            error["ctx"] = {k: str(v)[:200] for k, v in error["ctx"].items()}
+        kept.append(error)
+    return kept
+
+
 def _readable(errors: Sequence[dict]) -> str:
     """FastAPI's validation errors as one sentence, e.g. ``body.k: Input should be ...``."""
     parts = []
@@ -232,12 +321,15 @@ def create_app(
     *,
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The FastAPI app serving ``recommender`` (live decoding) and ``cache`` (known users).
 
     ``app.state.batcher`` is the :class:`MicroBatcher` (its ``batches`` count the batched
-    searches run).
+    searches run). The cache is checked against the recommender's catalogue first.
     """
+    if cache is not None:
+        cache.check_catalogue(frozenset(recommender.item_ids))
     batcher = MicroBatcher(recommender, max_batch=max_batch, max_wait_ms=max_wait_ms)
     cache_k = cache.k if cache is not None else 0
 
@@ -254,13 +346,14 @@ def create_app(
         summary="Top-K recommendations from a semrec export",
         lifespan=lifespan,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     app.state.batcher = batcher
     app.state.recommender = recommender
     app.state.cache = cache
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors())
+        errors = _without_inputs(jsonable_encoder(exc.errors()))
         return JSONResponse(
             status_code=422,
             content={"detail": f"invalid request: {_readable(errors)}", "errors": errors},
@@ -296,14 +389,16 @@ def create_app(
                     raise HTTPException(422, f"{err}, or send the user's history") from None
             else:
                 items = [ScoredItem(item_id=item, score=score) for item, score in pairs]
-                return RecommendResponse(items=items, source="cache", k=k)
+                return _response(items, "cache", k, request.exclude_history)
         if request.history is None:
             where = (
                 f"not in the top-K cache ({len(cache)} users)"
                 if cache is not None
                 else "not servable: no top-K cache is loaded (semrec serve --cache)"
             )
-            raise HTTPException(404, f"user {request.user!r} is {where}; send a history instead")
+            raise HTTPException(
+                404, f"user {request.user[:80]!r} is {where}; send a history instead"
+            )
         try:  # before batching: a bad history fails alone, not its batch-mates
             recommender.check_history(request.history)
         except ValueError as err:
@@ -315,7 +410,7 @@ def create_app(
         except DecodingFailed as err:
             raise HTTPException(500, str(err)) from None
         items = [ScoredItem(item_id=r.item_id, score=r.score) for r in found]
-        return RecommendResponse(items=items, source="live", k=k)
+        return _response(items, "live", k, request.exclude_history)
 
     return app
 
@@ -347,14 +442,32 @@ def serve(
     *,
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> None:
     """Load the export in ``directory`` (and the top-K file ``cache_path``) and serve it with
-    uvicorn on ``host:port`` until interrupted."""
+    uvicorn on ``host:port`` until interrupted. Whatever fails while starting is raised as
+    one :class:`ServeStartError` naming the file or setting."""
     from semrec.serving.recommender import load_recommender
 
-    recommender = load_recommender(directory)
-    cache = TopKCache(cache_path) if cache_path is not None else None
-    app = create_app(recommender, cache, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    if not 0 <= port <= 65535:
+        raise ServeStartError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        recommender = load_recommender(directory)
+    except Exception as err:  # a truncated weight file raises the loader's own errors
+        raise ServeStartError(
+            f"could not load the export {directory}: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        cache = TopKCache(cache_path) if cache_path is not None else None
+        app = create_app(
+            recommender,
+            cache,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_request_bytes=max_request_bytes,
+        )
+    except (OSError, ValueError) as err:
+        raise ServeStartError(str(err)) from err
     print(
         f"[serve] {recommender.num_items} items"
         + (f", {len(cache)} cached users (k={cache.k})" if cache is not None else "")

@@ -170,7 +170,9 @@ class Recommender:
         keys = [item if isinstance(item, str) else str(item) for item in history]
         unknown = list(dict.fromkeys(key for key in keys if key not in self._row))
         if unknown:
-            shown = ", ".join(repr(key) for key in unknown[:10])
+            shown = ", ".join(
+                repr(key[:40] + ("..." if len(key) > 40 else "")) for key in unknown[:10]
+            )
             more = f" ({len(unknown)} in total)" if len(unknown) > 10 else ""
             raise UnknownItemsError(
                 f"unknown item id(s) {shown}{more}: not in the exported catalogue of "
