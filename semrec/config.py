@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import inspect
 from pathlib import Path
 from typing import Any, Literal
@@ -696,6 +697,7 @@ def config_section(config: ExperimentConfig, prefixes: tuple[str, ...]) -> dict[
     }
 
 
+@functools.cache
 def _late_defaults() -> dict[str, Any]:
     flat = flatten_config(ExperimentConfig().model_dump(mode="json"))
     return {key: flat[key] for key in LATE_KEYS}
@@ -740,10 +742,13 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
 
 def _check_hybrid_parts(params: dict[str, Any], registry) -> None:
     """The ``hybrid`` embedder's parts and weight, checked when the config loads."""
+    from semrec.embedders.hybrid import checked_text_weight
+
     where = "items.embedder.params"
-    weight = params.get("text_weight", 0.5)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
-        raise ConfigError(f"{where}.text_weight must be a number in [0, 1], got {weight!r}")
+    try:
+        checked_text_weight(params.get("text_weight", 0.5))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for key in ("text", "cf"):
         spec = params.get(key)
         if spec is None:

@@ -236,6 +236,8 @@ class CompactSequences:
         return len(window.input_ids)
 
     def examples_per_epoch(self, epoch: int) -> int:
+        if self.max_examples is None:
+            return self.num_examples
         return sum(self.plans[i].examples for i in self._epoch_indices(epoch))
 
     def encode_pending(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -47,6 +47,13 @@ def build_by_name(name: str, params: dict[str, Any]) -> ItemEmbedder:
     return build_item_embedder(name, **params)
 
 
+def checked_text_weight(value: object) -> float:
+    """``text_weight`` as a float; ``ValueError`` naming the key unless a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{WHERE}.text_weight must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def standardized(vectors: torch.Tensor) -> torch.Tensor:
     """``vectors`` with every column centred and divided by the mean row norm (float64)."""
     centred = vectors.double() - vectors.double().mean(dim=0)
@@ -92,13 +99,7 @@ class HybridEmbedder(ItemEmbedder):
         *,
         build: PartBuilder = build_by_name,
     ) -> None:
-        if (
-            isinstance(text_weight, bool)
-            or not isinstance(text_weight, int | float)
-            or not 0 <= text_weight <= 1
-        ):
-            raise ValueError(f"{WHERE}.text_weight must be a number in [0, 1], got {text_weight!r}")
-        self.text_weight = float(text_weight)
+        self.text_weight = checked_text_weight(text_weight)
         self.text = _part("text", {"name": "text"} if text is None else text, build)
         self.cf = _part("cf", {"name": "cooccurrence"} if cf is None else cf, build)
         self.uses_interactions = self.text.uses_interactions or self.cf.uses_interactions
