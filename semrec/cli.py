@@ -462,8 +462,14 @@ def main(argv: list[str] | None = None) -> int:
         # 4-bit kernels) is absent; it then uses its built-in CPU path, which QLoRA here uses.
         logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if args.command == "convert":  # needs none of the model stack imported below
+        from semrec.run_lock import DirectoryInUseError, directory_lock
+
         try:
-            return convert_dataset(args)
+            with directory_lock(args.out):
+                return convert_dataset(args)
+        except DirectoryInUseError as err:
+            print(f"semrec: error: {err}", file=sys.stderr)
+            return 2
         except (ValueError, KeyError, OSError) as err:
             if args.verbose:
                 raise
@@ -485,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, PredictionError) as err:
         print(f"semrec: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as err:
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError, MemoryError) as err:
         if args.verbose:
             raise
         print(f"semrec: error: {type(err).__name__}: {err}", file=sys.stderr)

@@ -25,6 +25,11 @@ from pydantic import (
     model_validator,
 )
 
+from semrec.memory_budget import FP32_BYTES, TRAINED_FP32_BYTES, AllocationTooLarge, require_fits
+
+# Seeds reach numpy and Lightning's seed_everything, which take 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
+
 
 class ConfigError(ValueError):
     """An invalid experiment config; the message names the key and the reason."""
@@ -365,7 +370,7 @@ class ExperimentConfig(_Section):
 
     name: str = "experiment"
     run_dir: str | None = None
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=SEED_LIMIT)
     dataset: DatasetConfig = DatasetConfig()
     encoder: EncoderConfig = EncoderConfig()
     items: ItemsConfig = ItemsConfig()
@@ -443,6 +448,10 @@ class ExperimentConfig(_Section):
             )
         self._check_beams()
         self._check_candidates()
+        try:
+            self._check_allocations()
+        except AllocationTooLarge as err:
+            raise ConfigError(str(err)) from None
         if self.train.softmax == "sid_tokens" and self.eval.score_mode != "renormalized":
             raise ConfigError(
                 "train.softmax: sid_tokens trains a softmax over the SID tokens only; decode "
@@ -576,6 +585,68 @@ class ExperimentConfig(_Section):
             raise ConfigError(
                 f"tasks: the compact format trains next-item prediction only ('seq'); "
                 f"{other} need text prompts (model.prompt_format: text)"
+            )
+
+    def _check_allocations(self) -> None:
+        """Values that size an allocation, against this machine's memory (lower bounds; see
+        :mod:`semrec.memory_budget`)."""
+        from semrec.tokenizers import TOKENIZERS
+
+        model = self.model
+        if model.backbone == "scratch":
+            hidden = model.scratch.hidden_size
+            weights = model.scratch.layers * (
+                4 * hidden**2 + 3 * hidden * model.scratch.intermediate_size
+            )
+            require_fits(
+                "model.scratch",
+                model.scratch.model_dump(),
+                weights * TRAINED_FP32_BYTES,
+                "the scratch backbone's trained weights",
+            )
+        elif model.backbone == "tiny":
+            hidden = model.tiny_hidden_size
+            require_fits(
+                "model.tiny_hidden_size",
+                hidden,
+                20 * hidden**2 * TRAINED_FP32_BYTES,
+                "the tiny backbone's trained weights",
+            )
+        else:
+            hidden = 64  # a pretrained backbone's width is read later; every LLM is wider
+        sid_rows = 0
+        item_levels = 1
+        tokenizers = [("items.tokenizer", self.items.tokenizer)]
+        if self.users.tokenizer is not None:
+            tokenizers.append(("users.tokenizer", self.users.tokenizer))
+        for where, component in tokenizers:
+            sizes = _codebook_sizes(component, TOKENIZERS)
+            if not sizes:
+                continue
+            if where == "items.tokenizer":
+                item_levels = len(sizes)
+            sid_rows += sum(sizes)
+            require_fits(
+                f"{where}.params.codebook_size",
+                component.params.get("codebook_size"),
+                sum(sizes) * hidden * TRAINED_FP32_BYTES,
+                f"the {sum(sizes)} SID token rows of the model's embedding",
+            )
+        require_fits(
+            "eval.num_beams",
+            self.eval.num_beams,
+            self.eval.batch_size * self.eval.num_beams * max(sid_rows, 1) * FP32_BYTES,
+            f"one decoding step's scores (eval.batch_size {self.eval.batch_size} x "
+            "num_beams x SID tokens)",
+        )
+        if model.prompt_format == "compact":
+            tokens = model.compact_window * (item_levels + 1 + model.compact_title_tokens)
+            require_fits(
+                "model.compact_window",
+                model.compact_window,
+                self.train.batch_size * tokens**2 * FP32_BYTES,
+                f"the attention mask of a batch of windows (train.batch_size "
+                f"{self.train.batch_size} x ({tokens} tokens)^2)",
             )
 
     def _check_beams(self) -> None:
@@ -732,12 +803,35 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
             for n, p in signature.parameters.items()
             if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "self")
         ]
+    seed = cfg.params.get("seed")
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"{where}.params.seed: must be an int in [0, 2**32), got {seed!r}")
     for key in cfg.params:
         if key not in accepted:
             raise ConfigError(
                 f"{where}.params.{key}: {cfg.name!r} has no parameter {key!r}"
                 f"{_did_you_mean(key, accepted)} (accepted: {', '.join(accepted)})"
             )
+
+
+def _codebook_sizes(component: ComponentConfig, registry) -> list[int]:
+    """A tokenizer's codebook sizes, one per level, from its params or its defaults (empty
+    for a tokenizer without ``codebook_size``, or values its own check will refuse)."""
+    try:
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(registry.get(component.name)).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+    except (KeyError, TypeError, ValueError):
+        return []
+    values = {**defaults, **component.params}
+    size, levels = values.get("codebook_size"), values.get("levels")
+    if isinstance(size, list) and all(type(v) is int for v in size):
+        return size
+    if type(size) is int and type(levels) is int and levels > 0:
+        return [size] * levels
+    return []
 
 
 def _check_hybrid_parts(params: dict[str, Any], registry) -> None:
@@ -911,7 +1005,12 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
         where = f" (base of {chain[-1]})" if chain else ""
         raise ConfigError(f"config file {path}{where} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}); a config is a YAML file"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -1,4 +1,5 @@
-"""Advisory locks on the directories a command writes: a run, an export, a compare's output.
+"""Advisory locks on the directories a command writes: a run, an export, a compare's output,
+a conversion's output.
 
 ``semrec fit`` on a run directory that another ``semrec fit`` is training would share its
 checkpoints, and the last writer would win. :func:`directory_lock` holds an exclusive

@@ -601,14 +601,19 @@ def test_bad_input_is_named_and_leaves_everything_unchanged(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "SENTINEL").write_text("written before the failing call\n")
-    action = build(tmp_path, run_dir)
-    before = snapshot(tmp_path)  # inputs, run directory and cache
+    fails_naming_and_changing_nothing(build(tmp_path, run_dir), expected, tmp_path, capsys)
 
+
+def fails_naming_and_changing_nothing(
+    action: Cli | Api, expected: list[str], root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``action`` fails with a message holding every ``expected`` text, and every file under
+    ``root`` (inputs, run directory, cache) is byte-for-byte what it was."""
+    before = snapshot(root)
     message = perform(action, capsys)
-
     missing = [text for text in expected if text not in message]
     assert not missing, f"message lacks {missing}:\n{message}"
-    after = snapshot(tmp_path)
+    after = snapshot(root)
     assert sorted(set(after) - set(before)) == [], "files were added"
     assert sorted(set(before) - set(after)) == [], "files were removed"
     assert [p for p in before if before[p] != after[p]] == [], "files were changed"
@@ -627,3 +632,165 @@ def test_repeat_interactions_are_kept_in_order(tmp_path: Path) -> None:
     assert load_dataset("recbole", str(tmp_path), "ds").num_interactions == 2
     write(tmp_path / "lc.inter.json", '{"u1": ["i1", "i1", "i2"]}\n')
     assert load_dataset("lcrec_json", str(tmp_path), "lc").num_interactions == 3
+
+
+# --------------------------------------------------------------------------- second table
+# What a user owns (a trained run, an export, converted data, files they put in a folder) and
+# the config boundary (finite numbers, allocations sized against the machine, seeds, a config
+# that is not text). Same rule as above: the message names the key, file or record, and
+# nothing under tmp_path changes. The trained run is copied into tmp_path per case, so it
+# is part of what must stay byte-for-byte the same.
+
+TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+FIT = ["train.epochs=2", "train.check_val_every_n_epoch=2", "eval.baselines=[]"]
+FIT += ["eval.max_test_users=8"]
+
+OwnedBuild = Callable[[Path, Path, Path], "Cli | Api"]  # (tmp_path, run_dir, trained run)
+
+
+def tiny(run: Path, *overrides: str, command: str = "tokenize") -> Cli:
+    return Cli([command, "--config", str(TINY), "--run-dir", str(run), *overrides], 2)
+
+
+def owned_copy(tmp: Path, trained: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained, tmp / "owned"))
+
+
+def lr_inf_in_yaml(tmp, run, trained):
+    return Cli(tokenize(config(tmp, {"train": {"lr": float("inf")}}), run).args, 2)
+
+
+def lr_inf_override(tmp, run, trained):
+    return tiny(run, "train.lr=.inf")
+
+
+def codebook_beyond_memory(tmp, run, trained):
+    return tiny(run, "items.tokenizer.params.codebook_size=1000000000000")
+
+
+def codebook_list_beyond_memory(tmp, run, trained):
+    return tiny(run, "items.tokenizer.params.codebook_size=[8, 100000000000]")
+
+
+def beams_beyond_memory(tmp, run, trained):
+    return tiny(run, "eval.num_beams=1000000000")
+
+
+def tiny_width_beyond_memory(tmp, run, trained):
+    return tiny(run, "model.tiny_hidden_size=10000000", command="fit")
+
+
+def compact_window_beyond_memory(tmp, run, trained):
+    return tiny(run, "model.prompt_format=compact", "model.compact_window=1000000")
+
+
+def seed_beyond_numpy(tmp, run, trained):
+    return tiny(run, "seed=100000000000000000000000")
+
+
+def tokenizer_seed_negative(tmp, run, trained):
+    return tiny(run, "items.tokenizer.params.seed=-3")
+
+
+def binary_config(tmp, run, trained):
+    path = tmp / "in" / "model.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(range(256)) * 4)
+    return tokenize(path, run, code=2)
+
+
+def name_outside_runs(tmp, run, trained):
+    return Cli(tokenize(config(tmp, {"name": "../elsewhere"}), run).args, 2)
+
+
+def fit_would_replace_trained_model(tmp, run, trained):
+    owned = owned_copy(tmp, trained)
+    return Cli(["fit", "--config", str(TINY), "--run-dir", str(owned), *FIT, "train.lr=0.01"], 2)
+
+
+def export_over_earlier_export(tmp, run, trained):
+    owned = owned_copy(tmp, trained)
+    out = tmp / "export"
+    assert main(["export", "--run", str(owned), "--out", str(out)]) == 0
+    (out / "NOTES.md").write_text("the user's own notes\n")
+    return Cli(["export", "--run", str(owned), "--out", str(out)], 1)
+
+
+def export_into_a_users_folder(tmp, run, trained):
+    owned = owned_copy(tmp, trained)
+    write(tmp / "mine" / "draft.txt", "not an export\n")
+    return Cli(["export", "--run", str(owned), "--out", str(tmp / "mine")], 1)
+
+
+def convert_over_converted_data(tmp, run, trained):
+    recbole(tmp, run)  # writes in/data/ds.{inter,item}
+    out = tmp / "converted"
+    args = ["convert", "--from", "recbole", "--path", str(tmp / "in" / "data"), "--name", "ds"]
+    args += ["--to", "lcrec_json", "--out", str(out)]
+    assert main(args) == 0
+    return Cli(args, 1)
+
+
+def add_items_without_text_or_embedding(tmp, run, trained):
+    owned = owned_copy(tmp, trained)
+    items = write(tmp / "in" / "new.json", '[{"id": "n1", "title": "x"}, {"id": "bare"}]')
+    return Cli(["add-items", "--run", str(owned), "--items", str(items)], 1)
+
+
+def add_items_embedding_of_another_width(tmp, run, trained):
+    owned = owned_copy(tmp, trained)
+    items = write(tmp / "in" / "new.json", '[{"id": "v", "embedding": [0.5, 1.5]}]')
+    return Cli(["add-items", "--run", str(owned), "--items", str(items)], 2)
+
+
+# fmt: off
+OWNED_CASES = [
+    # ---- numbers at the config boundary
+    pytest.param(lr_inf_in_yaml, ["train.lr", "finite number", "exp.yaml"], id="lr-inf-in-yaml"),
+    pytest.param(lr_inf_override, ["train.lr", "finite number"], id="lr-inf-override"),
+    pytest.param(codebook_beyond_memory, ["items.tokenizer.params.codebook_size", "1000000000000", "more than this machine's"], id="codebook-size-beyond-memory"),
+    pytest.param(codebook_list_beyond_memory, ["items.tokenizer.params.codebook_size", "more than this machine's"], id="codebook-size-list-beyond-memory"),
+    pytest.param(beams_beyond_memory, ["eval.num_beams", "more than this machine's"], id="num-beams-beyond-memory"),
+    pytest.param(tiny_width_beyond_memory, ["model.tiny_hidden_size", "more than this machine's"], id="model-width-beyond-memory"),
+    pytest.param(compact_window_beyond_memory, ["model.compact_window", "more than this machine's"], id="compact-window-beyond-memory"),
+    pytest.param(seed_beyond_numpy, ["seed", "less than 4294967296"], id="seed-beyond-2-32"),
+    pytest.param(tokenizer_seed_negative, ["items.tokenizer.params.seed", "[0, 2**32)", "-3"], id="tokenizer-seed-negative"),
+    pytest.param(binary_config, ["model.yaml", "not UTF-8 text"], id="binary-config-file"),
+    pytest.param(name_outside_runs, ["name", "must be a plain name"], id="run-name-outside-runs"),
+    # ---- what a user owns is refused, not replaced
+    pytest.param(fit_would_replace_trained_model, ["train.lr: 0.003 -> 0.01", "--overwrite"], id="fit-would-replace-a-trained-model"),
+    pytest.param(export_over_earlier_export, ["holds an earlier export", "--overwrite"], id="export-over-an-earlier-export"),
+    pytest.param(export_into_a_users_folder, ["mine", "not empty and holds no previous export"], id="export-into-a-users-folder"),
+    pytest.param(convert_over_converted_data, ["already holds", "ds.inter.json", "--overwrite"], id="convert-over-converted-data"),
+    pytest.param(add_items_without_text_or_embedding, ["new.json", "item 'bare' has no text"], id="add-items-item-without-text-or-embedding"),
+    pytest.param(add_items_embedding_of_another_width, ["new.json", "item 'v'", "2 numbers"], id="add-items-embedding-of-another-width"),
+]
+# fmt: on
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run (two epochs), copied by the cases that need one."""
+    run = tmp_path_factory.mktemp("owned") / "run"
+    assert main(["fit", "--config", str(TINY), "--run-dir", str(run), *FIT]) == 0
+    return run
+
+
+@pytest.mark.parametrize(("build", "expected"), OWNED_CASES)
+def test_what_a_user_owns_survives_bad_input(
+    build: OwnedBuild,
+    expected: list[str],
+    trained_tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "SENTINEL").write_text("written before the failing call\n")
+    action = build(tmp_path, run_dir, trained_tiny)
+    capsys.readouterr()  # what the builder's own commands printed
+    fails_naming_and_changing_nothing(action, expected, tmp_path, capsys)

@@ -348,6 +348,19 @@ def test_a_second_command_on_a_locked_run_directory_is_refused(tmp_path, capsys)
     assert not lock_path(run_dir).exists()  # a finished command leaves no lock file
 
 
+def test_a_conversion_into_a_locked_output_is_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "converted"
+    holder = _hold_lock_in_another_process(out)
+    try:
+        args = ["convert", "--from", "recbole", "--path", str(tmp_path), "--name", "ds"]
+        assert main([*args, "--to", "lcrec_json", "--out", str(out)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_lock_is_not_taken_twice_by_one_command_and_its_children(tmp_path) -> None:
     from semrec.run_lock import HELD_ENV, directory_lock, lock_path
 

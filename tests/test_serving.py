@@ -211,6 +211,26 @@ def test_add_items_refuses_bad_records_by_name_and_writes_nothing(trained, tmp_p
     assert not (run_dir / "added_items.json").exists()
 
 
+def test_an_item_with_only_an_embedding_is_added_and_a_textless_one_is_named(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    run = stored(run_dir)
+    vector = run.vectors.item_embeddings()[3].tolist()  # item 3's own vector: its SID prefix
+    new_items = tmp_path / "vectors.json"
+    new_items.write_text(json.dumps([{"id": "vec", "embedding": vector}]))
+    (added,) = add_items(run, new_items, echo=lambda _: None)
+    assert added["text"] is None
+    assert added["codes"][:-1] == run.tokenizer.codes[3].tolist()[:-1]
+    assert added["codes"] != run.tokenizer.codes[3].tolist()  # moved off item 3's code
+
+    textless = tmp_path / "textless.json"
+    textless.write_text(json.dumps([{"id": "bare"}]))
+    with pytest.raises(DataError, match="item 'bare' has no text") as caught:
+        add_items(stored(run_dir), textless, echo=lambda _: None)
+    assert "textless.json" in str(caught.value) and "synthetic" not in str(caught.value)
+    assert [record["id"] for record in added_items(run_dir)] == ["vec"]
+
+
 def test_a_cf_run_adds_text_only_items_through_the_cold_start_regressor(tmp_path):
     # tokenizer stage only: add-items needs the SID table, not a trained model
     lines: list[str] = []

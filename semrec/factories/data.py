@@ -43,9 +43,23 @@ def prepare_data(cfg: DatasetConfig) -> PreparedData:
     return PreparedData(dataset, split, item_text_builder(cfg.text).build(dataset))
 
 
-def new_item_texts(cfg: TextConfig, dataset: RecDataset, records: list[dict]) -> list[str]:
-    """Texts of new items' records (``semrec add-items``), built like the dataset's item texts."""
+def new_item_texts(
+    cfg: TextConfig, dataset: RecDataset, records: list[dict], source: str
+) -> list[str | None]:
+    """Texts of new items' records (``semrec add-items``), built like the dataset's item texts.
+
+    A record with an ``embedding`` and no text field gets ``None`` (it needs no text); errors
+    name ``source``, the new-items file.
+    """
     fields = [
         {k: str(v) for k, v in record.items() if k not in ("id", "embedding")} for record in records
     ]
-    return item_text_builder(cfg).render(dataset, [r["id"] for r in records], fields)
+    texts: list[str | None] = [None] * len(records)
+    wanted = [i for i, record in enumerate(records) if fields[i] or "embedding" not in record]
+    if wanted:
+        rendered = item_text_builder(cfg).render(
+            dataset, [records[i]["id"] for i in wanted], [fields[i] for i in wanted], source
+        )
+        for i, text in zip(wanted, rendered):
+            texts[i] = text
+    return texts

@@ -138,7 +138,7 @@ class ItemVectors:
         return targets
 
     def new_item_vectors(
-        self, records: list[dict[str, Any]], texts: list[str], source: str
+        self, records: list[dict[str, Any]], texts: list[str | None], source: str
     ) -> torch.Tensor:
         """Vectors in the tokenizer's input space for new items (``semrec add-items``).
 
@@ -147,6 +147,13 @@ class ItemVectors:
         """
         given = [record.get("embedding") for record in records]
         missing = [i for i, vector in enumerate(given) if vector is None]
+        width = self.embedder_output.shape[1]  # the space the tokenizer was fitted in
+        for record, vector in zip(records, given):
+            if vector is not None and len(vector) != width:
+                raise RunError(
+                    f"{source}: item {record['id']!r} has an 'embedding' of {len(vector)} "
+                    f"numbers; the tokenizer was fitted on {width}-number item vectors"
+                )
         if missing:
             missing_texts = [texts[i] for i in missing]
             if not self.embedder.uses_interactions:
@@ -160,12 +167,7 @@ class ItemVectors:
                     "interactions; give each new item an 'embedding', or fit the run with "
                     "embedder.cold_start: text"
                 )
-        widths = {len(vector) for vector in given if vector is not None}
-        if missing:
-            widths.add(from_text.shape[1])
-        if len(widths) > 1:
-            raise RunError(f"{source}: new items' embeddings have different widths {widths}")
-        vectors = torch.zeros(len(records), widths.pop())
+        vectors = torch.zeros(len(records), width)
         for i, vector in enumerate(given):
             if vector is not None:
                 vectors[i] = torch.tensor(vector, dtype=torch.float32)

@@ -16,7 +16,8 @@ codebooks, so neither the LLM nor the codebooks are retrained. Here:
    are SID tokens the model already has, so the LLM is not touched.
 
 The input file is a JSON list of objects (or ``{"items": [...]}``), each with an ``id``
-(new, unique) and text fields (``title``, ``description``, ...) and/or an ``embedding``.
+(new, unique) and text fields (``title``, ``description``, ...) and/or an ``embedding``; an
+item with only an ``embedding`` is recorded with ``"text": null``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
     item_ids, codes = run.catalogue()
     records = read_new_items(items_path, set(item_ids))
     tokenizer = run.tokenizer
-    texts = new_item_texts(run.config.dataset.text, run.data.dataset, records)
+    texts = new_item_texts(run.config.dataset.text, run.data.dataset, records, str(items_path))
     vectors = run.vectors.new_item_vectors(records, texts, source=str(items_path))
     with warnings.catch_warnings():  # conflicts are resolved below
         warnings.simplefilter("ignore", SIDConflictWarning)

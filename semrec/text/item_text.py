@@ -83,11 +83,16 @@ class ItemTextBuilder:
         return self.render(ds, ds.item_ids, ds.item_text)
 
     def render(
-        self, ds: RecDataset, item_ids: list[str], item_text: list[dict[str, str]]
+        self,
+        ds: RecDataset,
+        item_ids: list[str],
+        item_text: list[dict[str, str]],
+        source: str | None = None,
     ) -> list[str]:
         """Texts of items given by their fields (e.g. new items), with the fields that
-        :meth:`build` reads from ``ds``."""
+        :meth:`build` reads from ``ds``; errors name ``source`` (default: the dataset's)."""
         requested = self.requested_fields(ds)
+        source = source or ds.source or ds.name
         strict = self.missing == "error" and (self.fields is not None or self.template is not None)
         texts = []
         for item_id, item in zip(item_ids, item_text):
@@ -95,7 +100,7 @@ class ItemTextBuilder:
             if not present:
                 raise DataError(
                     f"item {item_id!r} has no text in fields {', '.join(requested) or '(none)'}",
-                    source=ds.source or ds.name,
+                    source=source,
                     record=f"item {item_id!r}",
                 )
             if strict and len(present) < len(requested):
@@ -104,7 +109,7 @@ class ItemTextBuilder:
                     f"item {item_id!r} lacks {', '.join(map(repr, absent))} "
                     f"(has: {', '.join(sorted(item)) or 'nothing'}); "
                     "set missing='skip' to leave missing fields out",
-                    source=ds.source or ds.name,
+                    source=source,
                     record=f"item {item_id!r}",
                     field=absent[0],
                 )
