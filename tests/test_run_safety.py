@@ -348,6 +348,35 @@ def test_a_second_command_on_a_locked_run_directory_is_refused(tmp_path, capsys)
     assert not lock_path(run_dir).exists()  # a finished command leaves no lock file
 
 
+def test_two_fits_on_one_run_directory_cannot_both_proceed(tmp_path, capsys) -> None:
+    """A real ``semrec fit``, stalled mid-training while it holds its run directory; a
+    second ``fit`` there is refused naming the first, and touches none of its files."""
+    env = {**os.environ, "SEMREC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    run_dir, ready = tmp_path / "run", tmp_path / "stalled"
+    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
+    first = subprocess.Popen(
+        [sys.executable, "-c", script, *_fit_command(run_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert first.poll() is None, f"training ended early: {first.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "training never reached the stall step"
+            time.sleep(0.2)
+        files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        assert main(_fit_command(run_dir)) == 2
+        err = capsys.readouterr().err
+        assert f"pid {first.pid}" in err and "fit" in err
+        assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_a_conversion_into_a_locked_output_is_refused(tmp_path, capsys) -> None:
     out = tmp_path / "converted"
     holder = _hold_lock_in_another_process(out)
