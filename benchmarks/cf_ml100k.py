@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 from semrec.data import leave_one_out, load_dataset  # noqa: E402
 from semrec.evaluation.baselines import BASELINES  # noqa: E402
+from semrec.machine import cpu_name  # noqa: E402
 
 KS = [1, 5, 10]
 RECBOLE = {  # RecBole 1.2.1 on this split (see /work/shared/DESIGN.md)

@@ -33,11 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from machine import cpu_name, has_amx_bf16  # noqa: E402  (benchmarks/machine.py)
 
 from semrec.config import load_config  # noqa: E402
 from semrec.factories.joint import representer  # noqa: E402
 from semrec.factories.training import resolve_precision  # noqa: E402
+from semrec.machine import cpu_name, has_amx_bf16  # noqa: E402
 from semrec.models.loss import response_loss  # noqa: E402
 from semrec.pipeline import Run  # noqa: E402
 

@@ -74,13 +74,13 @@ for _path in (str(HERE.parent), str(HERE)):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import semrec.tokenizers.kmeans as kmeans_module  # noqa: E402
 import semrec.tokenizers.rqkmeans as rqkmeans_module  # noqa: E402
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
 from semrec.factories.decoding import sid_trie  # noqa: E402
+from semrec.machine import cpu_name  # noqa: E402
 from semrec.tokenizers import TOKENIZERS, ItemTokenizer  # noqa: E402
 from semrec.tokenizers.collisions import PAD  # noqa: E402
 

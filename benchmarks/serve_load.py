@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
+from semrec.machine import cpu_name  # noqa: E402
 from semrec.serving.http import create_app, running_in_background  # noqa: E402
 from semrec.serving.precache import read_predictions  # noqa: E402
 from semrec.serving.recommender import load_recommender  # noqa: E402

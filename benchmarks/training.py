@@ -11,11 +11,11 @@ prefixes. They differ only in what semrec changes:
 - ``plain``: the usual fine-tuning loop over text prompts (``model.prompt_format: text``):
   batches in the epoch's order, padded to the batch's longest pair, ``model(**batch).loss``
   (logits at every position); one prompt is one target;
-- ``text``: the same pairs through :func:`semrec.data.datamodule.epoch_batches` (length
+- ``text``: the same pairs through :func:`semrec.prompts.datamodule.epoch_batches` (length
   bucketing) and :func:`semrec.models.loss.response_loss` (the output layer only at
   labelled positions);
 - ``windows``: ``model.prompt_format: compact``: one window of a user's sequence scores
-  up to ``model.compact_window`` targets in one pass (``semrec.data.compact``);
+  up to ``model.compact_window`` targets in one pass (``semrec.prompts.compact``);
 - ``windows_keep_N``: the same windows on the backbone's first ``N`` layers
   (``model.keep_layers``), for each ``--keep-layers`` value;
 - ``..._sid_softmax``: each windows case with the training softmax over the SID tokens only
@@ -43,14 +43,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from machine import cpu_name, has_amx_bf16  # noqa: E402  (benchmarks/machine.py)
 
 from semrec.config import load_config  # noqa: E402
-from semrec.data.datamodule import epoch_batches  # noqa: E402
 from semrec.factories.training import resolve_precision  # noqa: E402
+from semrec.machine import cpu_name, has_amx_bf16  # noqa: E402
 from semrec.models.loss import response_loss  # noqa: E402
 from semrec.models.prompting import IGNORE_INDEX  # noqa: E402
 from semrec.pipeline import Run  # noqa: E402
+from semrec.prompts.datamodule import epoch_batches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ Outputs in ``OUT``:
 * ``compare.md`` / ``compare.csv``: mean ± std over seeds of each metric per row (and the
   baselines of the first row's runs), and for every row the paired difference against the
   reference row over the same test users (per-user ranks from each run's ``ranks.json``),
-  with a 95% bootstrap interval and p-values (:mod:`semrec.evaluation.significance`),
+  with a 95% bootstrap interval and p-values (:mod:`semrec.metrics.significance`),
   and for every pair of methods how many test users each hits at @k, alone or together
   (:func:`hit_overlap`);
 * ``compare_overlap.csv``: that hit overlap, one line per pair of methods;
@@ -35,8 +35,8 @@ import numpy as np
 
 from semrec.artifacts import atomic_write, content_hash, read_json, write_json
 from semrec.config import ConfigError, ExperimentConfig, load_config
-from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks, per_user_metric
-from semrec.evaluation.significance import PairedResult, paired_test
+from semrec.metrics.per_user import RANKS_FILE, PerUserRanks, per_user_metric
+from semrec.metrics.significance import PairedResult, paired_test
 
 CELL_FILE = "cell.json"
 OVERLAP_K = 10

@@ -170,7 +170,7 @@ class ModelConfig(_Section):
     # embedded | tiny | scratch | a hub id | a local directory or .gguf file
     backbone: str = "embedded"
     # text: tasks' instructions through the chat (or plain) template; compact: windows of a
-    # user's items as <sep> + SID tokens, every target scored in one pass (semrec.data.compact)
+    # user's items as <sep> + SID tokens, every target scored in one pass (semrec.prompts.compact)
     prompt_format: Literal["text", "compact"] = "text"
     scratch: ScratchConfig = ScratchConfig()
     # compact format: training targets per window of one user's sequence (speed only)

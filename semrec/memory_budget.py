@@ -9,7 +9,7 @@ passes may still be too large; the machine's physical memory is the bound.
 
 from __future__ import annotations
 
-import os
+from semrec.machine import physical_memory_bytes
 
 FP32_BYTES = 4
 # A trained fp32 value: the weight, its gradient and Adam's two moments.
@@ -20,20 +20,13 @@ class AllocationTooLarge(ValueError):
     """A config value would make semrec allocate more than this machine's memory."""
 
 
-def machine_memory_bytes() -> int:
-    """Physical memory of this machine in bytes (0 where the platform does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
-        return 0
-
-
 def require_fits(
     key: str, value: object, needed: int, what: str, memory: int | None = None
 ) -> None:
     """Raise :class:`AllocationTooLarge` naming ``key`` when ``needed`` bytes exceed ``memory``
-    (default: :func:`machine_memory_bytes`; an unknown size refuses nothing)."""
-    memory = machine_memory_bytes() if memory is None else memory
+    (default: :func:`~semrec.machine.physical_memory_bytes`; an unknown size refuses
+    nothing)."""
+    memory = physical_memory_bytes() if memory is None else memory
     if memory and needed > memory:
         raise AllocationTooLarge(
             f"{key}: {value!r} makes {what} need at least {readable_bytes(needed)}, more than "

@@ -47,10 +47,7 @@ from semrec.config import (
     ExperimentConfig,
 )
 from semrec.config import config_section as section
-from semrec.data.datamodule import GenRecDataModule
-from semrec.data.sid_placeholders import SIDPlaceholders
 from semrec.distributed import is_rank_zero
-from semrec.evaluation.per_user import RANKS_FILE, PerUserRanks
 from semrec.evaluation.report import metrics_table, report_notes
 from semrec.factories import decoding, joint, training
 from semrec.factories.candidates import run_candidates, verbalizer
@@ -58,7 +55,10 @@ from semrec.factories.data import PreparedData, prepare_data
 from semrec.factories.item_vectors import ItemVectors
 from semrec.factories.model import build_model, prompt_formatter
 from semrec.known_warnings import hide_known_warnings
-from semrec.run_directory import CHECKPOINTS, RUN_FORMAT, RunDirectory, RunError
+from semrec.metrics.per_user import RANKS_FILE, PerUserRanks
+from semrec.prompts.datamodule import GenRecDataModule
+from semrec.prompts.sid_placeholders import SIDPlaceholders
+from semrec.run_directory import CHECKPOINTS, RUN_FORMAT, RunDirectory, RunError, added_items
 from semrec.run_tokenizers import RunTokenizers
 from semrec.tasks import TaskContext
 
@@ -138,8 +138,6 @@ class Run(RunTokenizers):
 
     def catalogue(self) -> tuple[list[str], torch.Tensor]:
         """External item ids and SID codes of every item: the dataset's, then the added ones."""
-        from semrec.serving.new_items import added_items
-
         added = added_items(self.run_dir)
         ids = list(self.data.dataset.item_ids) + [record["id"] for record in added]
         codes = self.tokenizer.codes
@@ -262,7 +260,7 @@ class Run(RunTokenizers):
         formatter = prompt_formatter(self.config.model, hf_tokenizer)
         if self.placeholders is None:
             return formatter
-        from semrec.data.sid_placeholders import ResolvingEncoder
+        from semrec.prompts.sid_placeholders import ResolvingEncoder
 
         return ResolvingEncoder(formatter, self.placeholders)
 

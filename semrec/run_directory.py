@@ -14,10 +14,17 @@ from typing import Any
 
 from semrec.artifacts import atomic_write, read_json, write_json
 from semrec.config import ExperimentConfig, config_diff, dump_config, load_config
+from semrec.errors import RunError
 
-
-class RunError(RuntimeError):
-    """A run directory is inconsistent with the config or incomplete."""
+__all__ = [
+    "ADDED_ITEMS_FILE",
+    "CHECKPOINTS",
+    "DEPENDENTS",
+    "RUN_FORMAT",
+    "RunDirectory",
+    "RunError",
+    "added_items",
+]
 
 
 # Version of the run-directory layout; stages.json records it. Bump it when stored
@@ -26,6 +33,14 @@ class RunError(RuntimeError):
 RUN_FORMAT = 3
 CHECKPOINTS = "checkpoints"
 DEPENDENTS = {"tokenizer": ("train",), "user_tokenizer": ("train",), "train": ()}
+# Items given SIDs after training (``semrec add-items``), which the run's catalogue includes.
+ADDED_ITEMS_FILE = "added_items.json"
+
+
+def added_items(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records ``semrec add-items`` appended to the run in ``run_dir`` (oldest first)."""
+    path = Path(run_dir) / ADDED_ITEMS_FILE
+    return read_json(path)["items"] if path.is_file() else []
 
 
 class RunDirectory:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from semrec.distributed import is_rank_zero
-from semrec.run_directory import RunError
+from semrec.errors import RunError
 
 HELD_ENV = "SEMREC_HELD_LOCKS"
 

@@ -27,11 +27,11 @@ from semrec.config import (
 from semrec.config import config_section as section
 from semrec.data.split import fingerprint_examples
 from semrec.decoding import SIDTrie
+from semrec.errors import RunError
 from semrec.evaluation.report import format_tokenizer_stats
 from semrec.factories import decoding, joint
 from semrec.factories.tokenizer import new_tokenizer, new_user_tokenizer
 from semrec.factories.user_vectors import user_embeddings
-from semrec.run_directory import RunError
 from semrec.tokenizers import ItemTokenizer, load_tokenizer
 from semrec.tokenizers.dynamic import DynamicTokenizer
 

@@ -13,7 +13,7 @@ from semrec.cf.base import pad_histories
 from semrec.data import leave_one_out, load_synthetic
 from semrec.data.split import Example
 from semrec.evaluation.baselines import BASELINES
-from semrec.evaluation.popularity import evaluate_popularity
+from semrec.metrics.popularity import evaluate_popularity
 
 MODELS = [SASRec, GRU4Rec]
 # RecBole's learning rate; small batches so 20 epochs are enough steps on 240 examples.

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from semrec.data import RecDataset, leave_one_out
-from semrec.data.batching import IGNORE_INDEX
-from semrec.data.compact import CompactSequences, consecutive_runs
-from semrec.data.datamodule import epoch_batches
 from semrec.models.backbone import scratch_backbone
 from semrec.models.loss import response_loss
+from semrec.prompts.batching import IGNORE_INDEX
+from semrec.prompts.compact import CompactSequences, consecutive_runs
+from semrec.prompts.datamodule import epoch_batches
 
 
 def _dataset(lengths: list[int], num_items: int = 12, seed: int = 0) -> RecDataset:
@@ -82,7 +82,7 @@ def _target_log_probs(model, batch) -> torch.Tensor:
 @pytest.mark.parametrize(("layers", "window_items"), [(2, 1), (1, 5)])
 def test_windows_score_each_prefix_as_its_standalone_prompt(layers, window_items) -> None:
     """Exact when each window holds one target, or with one layer (then a target sees only
-    its own history); deeper layers widen what a shared window sees (see semrec.data.compact)."""
+    its own history); deeper layers widen what a shared window sees (see semrec.prompts.compact)."""
     model = _model(layers)
     split = leave_one_out(_dataset([9, 26, 14], seed=1), max_history=4)
     sequences = _sequences(split, window_items=window_items)

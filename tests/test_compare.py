@@ -21,9 +21,9 @@ from semrec.compare import (
     split_values,
 )
 from semrec.config import ConfigError
-from semrec.evaluation.metrics import TopKRankingMetrics, evaluate_ranked, ranking_metrics
-from semrec.evaluation.per_user import PerUserRanks, per_user_metric
-from semrec.evaluation.significance import paired_bootstrap, paired_t_test, paired_test
+from semrec.metrics.per_user import PerUserRanks, per_user_metric
+from semrec.metrics.ranking import TopKRankingMetrics, evaluate_ranked, ranking_metrics
+from semrec.metrics.significance import paired_bootstrap, paired_t_test, paired_test
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 

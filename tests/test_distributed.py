@@ -15,11 +15,11 @@ import torch
 
 from semrec.config import load_config
 from semrec.data import leave_one_out
-from semrec.data.compact import CompactSequences
-from semrec.data.datamodule import GenRecDataModule
 from semrec.data.dataset import RecDataset
 from semrec.distributed import is_rank_zero, shard, shard_batches
 from semrec.factories import training
+from semrec.prompts.compact import CompactSequences
+from semrec.prompts.datamodule import GenRecDataModule
 from semrec.run_directory import RunError
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"

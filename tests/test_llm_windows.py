@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from semrec.config import load_config
-from semrec.data.batching import IGNORE_INDEX
-from semrec.data.compact import PREFIX_POSITION
 from semrec.models.backbone import keep_first_layers, tiny_llama
 from semrec.pipeline import Run
+from semrec.prompts.batching import IGNORE_INDEX
+from semrec.prompts.compact import PREFIX_POSITION
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 INSTRUCTION = "recommend the next item :"

@@ -10,9 +10,9 @@ import torch
 
 from semrec.data import Example, RecDataset, leave_one_out
 from semrec.data.split import Split
-from semrec.evaluation.metrics import TopKRankingMetrics, ranking_metrics, target_ranks
-from semrec.evaluation.popularity import evaluate_popularity, popularity_ranking
 from semrec.evaluation.report import metrics_table
+from semrec.metrics.popularity import evaluate_popularity, popularity_ranking
+from semrec.metrics.ranking import TopKRankingMetrics, ranking_metrics, target_ranks
 
 INF = math.inf
 

@@ -273,7 +273,7 @@ def test_popularity_with_masking_skips_each_users_items() -> None:
     import numpy as np
 
     from semrec.data.split import Example, Split
-    from semrec.evaluation.popularity import evaluate_popularity
+    from semrec.metrics.popularity import evaluate_popularity
 
     # item 0 is the most popular, then 1, 2, 3; the user already has item 0
     sequences = [np.array([0, 0, 0, 1, 1, 2])]

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from semrec.config import load_config
-from semrec.data.sid_placeholders import SIDPlaceholders
 from semrec.data.synthetic import load_synthetic
 from semrec.factories.decoding import sid_trie
 from semrec.models.adapters import apply_lora
@@ -18,6 +17,7 @@ from semrec.models.backbone import tiny_llama, tiny_tokenizer
 from semrec.models.sid_reader import LLMSIDReader
 from semrec.models.vocabulary import add_sid_tokens
 from semrec.pipeline import Run
+from semrec.prompts.sid_placeholders import SIDPlaceholders
 from semrec.tasks import NextUserTask, TaskContext, TaskDataError
 from semrec.tasks.high_order import CommentTask, item_audiences
 from semrec.tokenizers import SIDConflictWarning, TTDSTokenizer, load_tokenizer
@@ -280,8 +280,8 @@ def test_static_lsh_round_trips_and_dynamic_lsh_follows_its_inputs(tmp_path):
 
 
 def test_compact_windows_of_changing_codes_match_the_static_ones_for_the_same_codes():
-    from semrec.data.compact import CompactSequences
     from semrec.data.split import leave_one_out
+    from semrec.prompts.compact import CompactSequences
 
     split = leave_one_out(load_synthetic(), max_history=5)
     table = [[10 + i % 4, 20 + i % 3] for i in range(split.num_items)]

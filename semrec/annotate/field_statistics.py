@@ -20,8 +20,7 @@ from collections import Counter
 from semrec.annotate.annotators import ANNOTATORS
 from semrec.annotate.errors import AnnotationError
 from semrec.annotate.token_semantics import category_text
-from semrec.data.dataset import RecDataset
-from semrec.tasks.item_fields import field_text
+from semrec.data.dataset import RecDataset, field_text
 
 STOPWORDS = frozenset(
     "a an and the of in on at to for with from by or is it its this that as be are was "

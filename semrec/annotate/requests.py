@@ -17,10 +17,9 @@ import random
 import string
 
 from semrec.annotate.errors import AnnotationError
-from semrec.data.dataset import RecDataset
+from semrec.data.dataset import RecDataset, field_text
 from semrec.data.split import Split
 from semrec.tasks.intention import intention_key
-from semrec.tasks.item_fields import field_text
 
 KINDS = ("intention", "preference")
 PLACEHOLDERS = {"intention": ("reviews", "title"), "preference": ("history",)}

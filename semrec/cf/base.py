@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from semrec.artifacts import atomic_dir, read_json, write_json
 from semrec.data.split import Example, Split
-from semrec.evaluation.metrics import TopKRankingMetrics
+from semrec.metrics.ranking import TopKRankingMetrics
 
 PADDING = 0
 """Row of the padding item in every network's embedding table; item ``i`` is row ``i + 1``."""
@@ -151,7 +151,7 @@ class SequentialRecommender(ABC):
             kept); ``None`` trains all ``max_epochs``.
         eval_every: epochs between evaluations on ``split.valid`` (RecBole ``eval_step``).
         valid_metric: the metric early stopping watches (``ndcg@10``; any key of
-            :class:`~semrec.evaluation.metrics.TopKRankingMetrics` at ``ks``).
+            :class:`~semrec.metrics.ranking.TopKRankingMetrics` at ``ks``).
         ks: cut-offs of the validation metrics.
         eval_batch_size: users per scoring batch.
         seed: seeds initialisation, dropout and the order of the examples: two fits with

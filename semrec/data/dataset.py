@@ -193,3 +193,8 @@ class RecDataset:
             "has_user_features": self.user_features is not None,
             "has_precomputed_sids": self.precomputed_sids is not None,
         }
+
+
+def field_text(ds: RecDataset, item: int, field: str) -> str:
+    """Item ``item``'s ``field`` with whitespace collapsed; ``""`` when absent or blank."""
+    return " ".join(str(ds.item_text[item].get(field, "")).split())

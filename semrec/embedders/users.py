@@ -199,7 +199,7 @@ class ReviewSetEmbedder(UserEmbedder):
         return per_user
 
     def _rated_titles(self, dataset: RecDataset, counts: list[int]) -> list[list[str]]:
-        from semrec.tasks.item_fields import field_text
+        from semrec.data.dataset import field_text
 
         order = dataset.chronological_order()
         bounds = np.cumsum(np.bincount(dataset.users, minlength=dataset.num_users))[:-1]

@@ -26,8 +26,8 @@ import torch
 from semrec.cf import GRU4Rec, SASRec
 from semrec.config import EvalConfig
 from semrec.data.split import Example, Split
-from semrec.evaluation.metrics import evaluate_ranked
-from semrec.evaluation.popularity import evaluate_popularity, popularity_lists
+from semrec.metrics.popularity import evaluate_popularity, popularity_lists
+from semrec.metrics.ranking import evaluate_ranked
 from semrec.registry import Registry
 
 

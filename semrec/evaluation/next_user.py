@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semrec.data.batching import PromptEncoder
 from semrec.data.split import Example, Split
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
-from semrec.evaluation.metrics import TopKRankingMetrics
+from semrec.metrics.ranking import TopKRankingMetrics
+from semrec.prompts.batching import PromptEncoder
 from semrec.tasks.base import TaskContext
 from semrec.tasks.high_order import NextUserTask, next_user_eval_samples
 

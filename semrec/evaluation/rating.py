@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from semrec.data.batching import PromptEncoder
+from semrec.prompts.batching import PromptEncoder
 from semrec.ranking.verbalizer import VerbalizerRanker, letter_token_ids
 
 RATING_SCALE = (1, 2, 3, 4, 5)

@@ -287,7 +287,7 @@ def probe_dataset(
 ) -> UnderstandingResult:
     """:func:`evaluate_token_understanding` on a ``cfg.max_items`` sample of ``dataset``'s titled
     items (``cfg``: the ``eval.token_understanding`` section)."""
-    from semrec.tasks.item_fields import field_text
+    from semrec.data.dataset import field_text
 
     titles = [field_text(dataset, item, "title") for item in range(dataset.num_items)]
     if not any(title and title.strip() for title in titles):

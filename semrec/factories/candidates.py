@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from semrec.config import ExperimentConfig
 from semrec.data.split import Split
+from semrec.errors import RunError
 from semrec.ranking import CandidateSets, VerbalizerRanker, candidate_letters, retrieve_candidates
 from semrec.ranking.verbalizer import letter_token_ids
-from semrec.run_directory import RunError
 
 
 def run_candidates(

@@ -6,7 +6,7 @@ import torch
 
 from semrec.config import EvalConfig
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
-from semrec.run_directory import RunError
+from semrec.errors import RunError
 from semrec.tokenizers import ItemTokenizer
 from semrec.tokenizers.collisions import PAD
 

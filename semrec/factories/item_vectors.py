@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from semrec.config import ExperimentConfig
+from semrec.errors import RunError
 from semrec.factories.data import PreparedData
-from semrec.run_directory import RunError
 
 
 class ItemVectors:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from semrec.config import ModelConfig
+from semrec.errors import RunError
 from semrec.models.prompting import PromptFormatter
-from semrec.run_directory import RunError
 from semrec.tokenizers import ItemTokenizer
 
 

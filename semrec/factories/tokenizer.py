@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from semrec.config import TokenizerConfig
 from semrec.data import RecDataset
-from semrec.run_directory import RunError
+from semrec.errors import RunError
 from semrec.tokenizers import TOKENIZERS, ItemTokenizer
 from semrec.tokenizers.base import DEFAULT_USER_PREFIXES
 

@@ -10,12 +10,12 @@ import torch
 
 from semrec.config import ExperimentConfig, TrainConfig
 from semrec.data import Split
-from semrec.data.batching import PromptEncoder
-from semrec.data.compact import CompactSequences
-from semrec.data.datamodule import GenRecDataModule, TrainingData
-from semrec.data.task_pairs import TaskPairs
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
-from semrec.run_directory import RunError
+from semrec.errors import RunError
+from semrec.prompts.batching import PromptEncoder
+from semrec.prompts.compact import CompactSequences
+from semrec.prompts.datamodule import GenRecDataModule, TrainingData
+from semrec.prompts.task_pairs import TaskPairs
 from semrec.tasks import TASKS, RecommendationTask, Task, TaskContext
 from semrec.tokenizers import ItemTokenizer
 from semrec.tokenizers.dynamic import DynamicTokenizer

@@ -8,8 +8,8 @@ import torch
 
 from semrec.config import ExperimentConfig
 from semrec.embedders.users import Encode, UserDataError, build_user_embedder
+from semrec.errors import RunError
 from semrec.factories.data import PreparedData
-from semrec.run_directory import RunError
 
 
 def user_embeddings(

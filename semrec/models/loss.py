@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semrec.data.batching import IGNORE_INDEX
 from semrec.decoding.model_calls import head_rows
+from semrec.prompts.batching import IGNORE_INDEX
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # config keys of models that transform logits after the output layer (Gemma 2, Cohere)

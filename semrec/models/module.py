@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from semrec.data.batching import IGNORE_INDEX
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
-from semrec.evaluation.metrics import TopKRankingMetrics
+from semrec.metrics.ranking import TopKRankingMetrics
 from semrec.models.loss import response_loss
+from semrec.prompts.batching import IGNORE_INDEX
 
 
 class NonFiniteLossError(RuntimeError):

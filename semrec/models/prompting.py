@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from semrec.data.batching import IGNORE_INDEX, left_pad
+from semrec.prompts.batching import IGNORE_INDEX, left_pad
 
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 @dataclass
 class PromptFormatter:
-    """The :class:`~semrec.data.batching.PromptEncoder` of a Hugging Face tokenizer.
+    """The :class:`~semrec.prompts.batching.PromptEncoder` of a Hugging Face tokenizer.
 
     Wraps instructions in the model's chat template (or a plain one) and tokenizes.
 

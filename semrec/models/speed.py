@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from semrec.data.batching import IGNORE_INDEX
+from semrec.prompts.batching import IGNORE_INDEX
 
 
 class TrainingSpeed(L.Callback):

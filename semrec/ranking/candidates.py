@@ -62,7 +62,7 @@ class CandidateSets:
         """The retriever's own ranking of the candidates of ``examples`` (test users):
         ``test/*`` over all of them (a missed target is a miss), ``test_subset/*`` over those
         whose target is a candidate, and ``test/recall@<k>``."""
-        from semrec.evaluation.metrics import TopKRankingMetrics
+        from semrec.metrics.ranking import TopKRankingMetrics
 
         ks = sorted(ks)
         lists = [self.of(ex) for ex in examples]

@@ -31,10 +31,9 @@ import torch
 
 from semrec.artifacts import read_json, write_json
 from semrec.data.dataset import DataError
+from semrec.run_directory import ADDED_ITEMS_FILE, added_items
 from semrec.tokenizers.base import SIDConflictWarning
 from semrec.tokenizers.collisions import PAD, collision_groups, reassign_last_level
-
-ADDED_ITEMS_FILE = "added_items.json"
 
 
 def read_new_items(path: str | Path, existing_ids: set[str]) -> list[dict[str, Any]]:
@@ -105,12 +104,6 @@ def assign_new_codes(existing: torch.Tensor, new: torch.Tensor, last_size: int, 
     assert torch.equal(resolved[: existing.shape[0]], existing)
     assert not collision_groups(resolved)
     return resolved[existing.shape[0] :]
-
-
-def added_items(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records ``semrec add-items`` appended to the run in ``run_dir`` (oldest first)."""
-    path = Path(run_dir) / ADDED_ITEMS_FILE
-    return read_json(path)["items"] if path.is_file() else []
 
 
 def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ decoded. Nothing of the original run directory or config file is read.
 The prompt of a history is built by the run's own code: the evaluation task's
 :meth:`~semrec.tasks.base.RecommendationTask.eval_samples` through the run's
 :class:`~semrec.models.prompting.PromptFormatter` (text formats), or
-:class:`~semrec.data.compact.CompactSequences` (compact format), over a catalogue-only
+:class:`~semrec.prompts.compact.CompactSequences` (compact format), over a catalogue-only
 dataset. Decoding is the run's trie-constrained beam search with the same beams, score
 mode and precision, and the retry of ``semrec predict`` when excluded items leave fewer
 than K.
@@ -26,14 +26,14 @@ import torch
 
 from semrec.artifacts import read_json
 from semrec.config import EvalConfig, ModelConfig
-from semrec.data.compact import CompactSequences
-from semrec.data.datamodule import TrainingData, padded
 from semrec.data.dataset import RecDataset
 from semrec.data.split import Example, Split
-from semrec.data.task_pairs import TaskPairs
 from semrec.decoding import SIDTrie
 from semrec.factories.decoding import beam_search
 from semrec.factories.model import prompt_formatter
+from semrec.prompts.compact import CompactSequences
+from semrec.prompts.datamodule import TrainingData, padded
+from semrec.prompts.task_pairs import TaskPairs
 from semrec.serving.predict import top_k_with_retries
 from semrec.tasks import TASKS, TaskContext
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from semrec.data.dataset import RecDataset
+from semrec.data.dataset import RecDataset, field_text
 from semrec.tasks.base import TaskContext, TaskDataError, check_choice
 
 log = logging.getLogger(__name__)
-
-
-def field_text(ds: RecDataset, item: int, field: str) -> str:
-    """Item ``item``'s ``field`` with whitespace collapsed; ``""`` when absent or blank."""
-    return " ".join(str(ds.item_text[item].get(field, "")).split())
 
 
 def first_field(ds: RecDataset, item: int, fields: tuple[str, ...]) -> tuple[str, str] | None:

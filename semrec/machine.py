@@ -1,7 +1,9 @@
-"""What benchmarks report about the machine they ran on (results depend on the CPU)."""
+"""The machine semrec runs on: its CPU (benchmarks name it; results depend on it) and its
+physical memory (the bound config values that size allocations are checked against)."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -23,3 +25,11 @@ def has_amx_bf16() -> bool | None:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
+
+
+def physical_memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 0
