@@ -12,7 +12,8 @@ format bump in ``semrec/run_directory.py``).
 
 Codes and metrics come from float arithmetic: the inputs are built with wide margins
 between levels so that rounding differences between CPUs (other vector units, other BLAS
-blocking) cannot flip a code.
+blocking) cannot flip a code; on a CPU other than the recording one, a trained tokenizer may still
+move ``OTHER_CPU_SLACK`` items.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from semrec.config import (
     config_section,
     load_config,
 )
+from semrec.machine import cpu_name
 from semrec.tokenizers import TOKENIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,11 @@ def test_every_tokenizer_but_precomputed_has_golden_codes() -> None:
     assert set(TOKENIZER_PARAMS) == set(TOKENIZERS.names()) - {"precomputed"}
 
 
+# On another CPU (other vector units round differently) a trained tokenizer may move this
+# many of the 64 items; on the CPU that recorded the codes none may move.
+OTHER_CPU_SLACK = 2
+
+
 def test_each_tokenizer_gives_its_golden_codes() -> None:
     x = separable_embeddings()
     actual = {}
@@ -111,4 +118,18 @@ def test_each_tokenizer_gives_its_golden_codes() -> None:
         tokenizer = TOKENIZERS.get(name)(**params)
         tokenizer.fit(x.clone(), seed=0)
         actual[name] = tokenizer.codes.tolist()
-    check_golden("tokenizer_codes", actual)
+    path = GOLDEN / "tokenizer_codes.json"
+    if UPDATE:
+        recorded = {"cpu": cpu_name(), "codes": actual}
+        path.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(path.read_text())
+    slack = 0 if golden["cpu"] == cpu_name() else OTHER_CPU_SLACK
+    assert set(golden["codes"]) == set(actual)
+    moved = {
+        name: sum(a != b for a, b in zip(golden["codes"][name], codes))
+        + abs(len(golden["codes"][name]) - len(codes))
+        for name, codes in actual.items()
+    }
+    assert {name: n for name, n in moved.items() if n > slack} == {}, (
+        f"items whose codes changed, per tokenizer (allowed {slack}): {moved}"
+    )
