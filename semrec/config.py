@@ -817,6 +817,8 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
 def _codebook_sizes(component: ComponentConfig, registry) -> list[int]:
     """A tokenizer's codebook sizes, one per level, from its params or its defaults (empty
     for a tokenizer without ``codebook_size``, or values its own check will refuse)."""
+    from semrec.tokenizers.kmeans import codebook_sizes_per_level
+
     try:
         defaults = {
             name: p.default
@@ -826,12 +828,12 @@ def _codebook_sizes(component: ComponentConfig, registry) -> list[int]:
     except (KeyError, TypeError, ValueError):
         return []
     values = {**defaults, **component.params}
-    size, levels = values.get("codebook_size"), values.get("levels")
-    if isinstance(size, list) and all(type(v) is int for v in size):
-        return size
-    if type(size) is int and type(levels) is int and levels > 0:
-        return [size] * levels
-    return []
+    if values.get("codebook_size") is None:
+        return []
+    try:
+        return codebook_sizes_per_level(values.get("levels"), values["codebook_size"])
+    except ValueError:
+        return []
 
 
 def _check_hybrid_parts(params: dict[str, Any], registry) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -147,6 +149,33 @@ def _semrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+@contextlib.contextmanager
+def _stalled_fit(
+    run_dir: Path, env: dict[str, str], ready: Path, config: Path = TINY
+) -> Iterator[subprocess.Popen]:
+    """A ``semrec fit`` process blocked at ``KILL_AT_STEP`` (its checkpoints written, its
+    lock held); killed on leaving the block if it still runs."""
+    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *_fit_command(run_dir, config=config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "training never reached the stall step"
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _metrics(run_dir: Path) -> dict[str, float]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
@@ -159,26 +188,9 @@ def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path, config: Pa
     done = _semrec(_fit_command(straight, config=config), env)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    ready = tmp_path / "stalled"
-    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, *_fit_command(killed, config=config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "training never reached the kill step"
-            time.sleep(0.2)
+    with _stalled_fit(killed, env, tmp_path / "stalled", config) as proc:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
     step_ckpt = torch.load(killed / "checkpoints" / "step.ckpt", weights_only=False)
@@ -352,29 +364,13 @@ def test_two_fits_on_one_run_directory_cannot_both_proceed(tmp_path, capsys) -> 
     """A real ``semrec fit``, stalled mid-training while it holds its run directory; a
     second ``fit`` there is refused naming the first, and touches none of its files."""
     env = {**os.environ, "SEMREC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    run_dir, ready = tmp_path / "run", tmp_path / "stalled"
-    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
-    first = subprocess.Popen(
-        [sys.executable, "-c", script, *_fit_command(run_dir)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert first.poll() is None, f"training ended early: {first.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "training never reached the stall step"
-            time.sleep(0.2)
+    run_dir = tmp_path / "run"
+    with _stalled_fit(run_dir, env, tmp_path / "stalled") as first:
         files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
         assert main(_fit_command(run_dir)) == 2
         err = capsys.readouterr().err
         assert f"pid {first.pid}" in err and "fit" in err
         assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
-    finally:
-        first.kill()
-        first.wait()
 
 
 def test_a_conversion_into_a_locked_output_is_refused(tmp_path, capsys) -> None:

@@ -54,9 +54,9 @@ from semrec.tokenizers.collisions import (
     OVERFLOW_POLICIES,
     resolve_collisions,
 )
-from semrec.tokenizers.kmeans import kmeans
+from semrec.tokenizers.kmeans import codebook_sizes_per_level, kmeans
 from semrec.tokenizers.rqvae import mlp
-from semrec.tokenizers.rqvae_usm import _codebook_sizes, check_capacity
+from semrec.tokenizers.rqvae_usm import check_capacity
 from semrec.tokenizers.small_trainer import fit_on_cpu, log_code_health
 
 RESIDUALS = ("abs", "difference")
@@ -290,7 +290,7 @@ class BehaviorCodebookTokenizer(ItemTokenizer):
         level_prefixes: str | Sequence[str] = DEFAULT_LEVEL_PREFIXES,
     ) -> None:
         super().__init__(level_prefixes)
-        self.codebook_sizes_config = _codebook_sizes(levels, codebook_size)
+        self.codebook_sizes_config = codebook_sizes_per_level(levels, codebook_size)
         for name, value, allowed in (
             ("residual", residual, RESIDUALS),
             ("distance", distance, DISTANCES),

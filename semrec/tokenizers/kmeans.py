@@ -152,6 +152,27 @@ def _update_centroids(
     return updated
 
 
+def codebook_sizes_per_level(levels: int, codebook_size: int | Sequence[int]) -> list[int]:
+    """One codebook size per level from ``levels`` and an int (every level) or a list;
+    raises ``ValueError`` naming the bad value. Every residual tokenizer reads its sizes here."""
+    if isinstance(levels, bool) or not isinstance(levels, int):
+        raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    if isinstance(codebook_size, (str, bytes, bool)) or not isinstance(
+        codebook_size, (int, Sequence)
+    ):
+        raise ValueError(
+            f"codebook_size must be an int or a list of ints (one per level), got {codebook_size!r}"
+        )
+    sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
+    if len(sizes) != levels:
+        raise ValueError(f"codebook_size lists {len(sizes)} sizes but there are {levels} levels")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        raise ValueError(f"every codebook size must be an int >= 1, got {sizes}")
+    return sizes
+
+
 class ResidualKMeans:
     """Residual k-means quantiser: level ``l`` clusters the residuals left by levels < l.
 
@@ -163,26 +184,9 @@ class ResidualKMeans:
     def __init__(
         self, levels: int, codebook_size: int | Sequence[int], *, max_iter: int = 100
     ) -> None:
-        if isinstance(levels, bool) or not isinstance(levels, int):
-            raise ValueError(f"levels must be an int >= 1, got {levels!r}")
-        if levels < 1:
-            raise ValueError(f"levels must be >= 1, got {levels}")
+        sizes = codebook_sizes_per_level(levels, codebook_size)
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter (kmeans_iters) must be an int >= 1, got {max_iter!r}")
-        if isinstance(codebook_size, (str, bytes, bool)) or not isinstance(
-            codebook_size, (int, Sequence)
-        ):
-            raise ValueError(
-                f"codebook_size must be an int or a list of ints (one per level), "
-                f"got {codebook_size!r}"
-            )
-        sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
-        if len(sizes) != levels:
-            raise ValueError(
-                f"codebook_size lists {len(sizes)} sizes but there are {levels} levels"
-            )
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError(f"every codebook size must be an int >= 1, got {sizes}")
         self.levels = levels
         self.codebook_sizes = sizes
         self.max_iter = max_iter

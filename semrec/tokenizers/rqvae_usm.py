@@ -22,6 +22,7 @@ import torch
 
 from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCodes, ItemTokenizer
 from semrec.tokenizers.collisions import PAD, append_suffix_level, collision_groups
+from semrec.tokenizers.kmeans import codebook_sizes_per_level
 from semrec.tokenizers.rqvae import LCREC_HIDDEN_LAYERS, RQVAE, train_rqvae
 from semrec.tokenizers.sinkhorn import (
     DEFAULT_EPSILON,
@@ -64,7 +65,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
         level_prefixes: str | Sequence[str] = DEFAULT_LEVEL_PREFIXES,
     ) -> None:
         super().__init__(level_prefixes)
-        self.codebook_sizes_config = _codebook_sizes(levels, codebook_size)
+        self.codebook_sizes_config = codebook_sizes_per_level(levels, codebook_size)
         for name, value in (
             ("code_dim", code_dim),
             ("epochs", epochs),
@@ -229,7 +230,7 @@ class RandomIDTokenizer(ItemTokenizer):
         level_prefixes: str | Sequence[str] = DEFAULT_LEVEL_PREFIXES,
     ) -> None:
         super().__init__(level_prefixes)
-        self.codebook_sizes_config = _codebook_sizes(levels, codebook_size)
+        self.codebook_sizes_config = codebook_sizes_per_level(levels, codebook_size)
         self.levels_config = levels
         self.seed = seed
 
@@ -314,23 +315,6 @@ def check_capacity(codebook_sizes: Sequence[int], n_items: int, tokenizer: str) 
             f"SIDs but there are {n_items} items; increase codebook_size or levels "
             "(checked before training)"
         )
-
-
-def _codebook_sizes(levels: int, codebook_size: int | Sequence[int]) -> list[int]:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be a positive int, got {levels!r}")
-    if isinstance(codebook_size, (str, bytes, bool)) or not isinstance(
-        codebook_size, (int, Sequence)
-    ):
-        raise ValueError(
-            f"codebook_size must be an int or a list of ints (one per level), got {codebook_size!r}"
-        )
-    sizes = [codebook_size] * levels if isinstance(codebook_size, int) else list(codebook_size)
-    if len(sizes) != levels:
-        raise ValueError(f"codebook_size lists {len(sizes)} sizes but there are {levels} levels")
-    if any(not isinstance(size, int) or size < 1 for size in sizes):
-        raise ValueError(f"every codebook size must be an int >= 1, got {sizes}")
-    return sizes
 
 
 def _random_codes(n: int, sizes: Sequence[int], generator: torch.Generator) -> torch.Tensor:
