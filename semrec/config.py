@@ -817,7 +817,7 @@ def _check_component(where: str, cfg: ComponentConfig, registry) -> None:
 def _codebook_sizes(component: ComponentConfig, registry) -> list[int]:
     """A tokenizer's codebook sizes, one per level, from its params or its defaults (empty
     for a tokenizer without ``codebook_size``, or values its own check will refuse)."""
-    from semrec.tokenizers.kmeans import codebook_sizes_per_level
+    from semrec.tokenizers.quantizer import codebook_sizes_per_level
 
     try:
         defaults = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semrec.tokenizers.kmeans import ResidualKMeans, _update_centroids, kmeans, nearest
+from semrec.tokenizers.kmeans import _update_centroids, kmeans, nearest
+from semrec.tokenizers.rqkmeans import ResidualKMeans
 
 
 def blobs(centres: torch.Tensor, per_blob: int, spread: float, seed: int = 0) -> torch.Tensor:

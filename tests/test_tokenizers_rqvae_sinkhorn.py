@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from semrec.tokenizers.collisions import PAD, collision_groups, is_prefix_free
+from semrec.tokenizers.distances import pairwise_distances
 from semrec.tokenizers.sinkhorn import (
     resolve_by_uniform_mapping,
     sinkhorn,
     sinkhorn_codes,
-    squared_distances,
 )
 
 
@@ -68,11 +68,11 @@ def test_sinkhorn_rejects_bad_input(cost, kwargs):
         sinkhorn(cost, **kwargs)
 
 
-def test_squared_distances_match_brute_force():
+def test_pairwise_l2_distances_match_brute_force():
     g = torch.Generator().manual_seed(0)
     x, codebook = torch.randn(5, 3, generator=g), torch.randn(4, 3, generator=g)
     brute = ((x[:, None, :] - codebook[None, :, :]) ** 2).sum(dim=2)
-    assert torch.allclose(squared_distances(x, codebook), brute, atol=1e-5)
+    assert torch.allclose(pairwise_distances(x, codebook, "l2"), brute, atol=1e-5)
 
 
 # ------------------------------------------------------------------ index construction

@@ -55,8 +55,8 @@ def test_a_refresh_reports_the_changed_rows_and_refuses_an_overflowing_suffix():
     before = tok.codes.clone()
     assert tok.refresh_codes(step=1).numel() == 0  # nothing moved
     with torch.no_grad():
-        tok.codebooks[0][:] = 0.0  # every row to code 0 of level 0, then one level-1 code
-        tok.codebooks[1][:] = 0.0
+        tok.quantizer.codebooks[0][:] = 0.0  # every row to code 0 of level 0, then one level-1 code
+        tok.quantizer.codebooks[1][:] = 0.0
     assert tok.refresh_codes(step=2) is None  # 10 rows in one group > suffix_size 2
     assert torch.equal(tok.codes, before)
     assert tok.stats()["fit"]["refreshes"][-1] == {
@@ -73,7 +73,7 @@ def test_save_and_load_restore_parameters_inputs_and_codes(tmp_path):
     tok = tower()
     tok.initialize(clustered())
     with torch.no_grad():
-        tok.codebooks[1].add_(0.5)
+        tok.quantizer.codebooks[1].add_(0.5)
     tok.refresh_codes(step=3)
     tok.save(tmp_path / "t")
     loaded = load_tokenizer(tmp_path / "t")
@@ -129,7 +129,7 @@ def test_placeholders_resolve_to_the_current_codes_at_every_call():
     first = placeholders.resolve(text)
     assert first == f"history {tok.sid_strings()[4]}, {tok.sid_strings()[7]}"
     with torch.no_grad():
-        tok.codebooks[0].mul_(-1.0)
+        tok.quantizer.codebooks[0].mul_(-1.0)
     tok.refresh_codes(step=1)
     assert placeholders.resolve(text) == f"history {tok.sid_strings()[4]}, {tok.sid_strings()[7]}"
     assert SIDPlaceholders.mentioned([text, "none"]) == {"items": [4, 7], "users": []}

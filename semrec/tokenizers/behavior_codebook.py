@@ -18,8 +18,11 @@ item embeddings, with no encoder and no decoder:
 
 Choices the paper leaves open, made here:
 
-* every level's input is a constant for that level's loss (the residual is detached), so
-  codebook ``n`` learns only from its own inputs, as in k-means and RQ-VAE;
+* the cascade is semrec's shared :class:`~semrec.tokenizers.quantizer.ResidualQuantizer`
+  (cosine or L2 distance, ``|.|`` or plain residual): each level's codebook term sees its
+  input detached, so codebook ``n`` learns only from its own inputs, as in k-means and
+  RQ-VAE; under "ED" the commitment terms of every level reach the encoder through the
+  residuals (codes detached), as in RQ-VAE;
 * level ``n`` is initialised by k-means on ``E^n`` computed with the already initialised
   levels before it (the paper clusters "a batch"; here it is every item);
 * the projection ``P`` is shared by the levels (Eq. 3 names one ``E^LLM`` per item);
@@ -39,7 +42,6 @@ code). New items are encoded by Eq. 1-2 with the trained codebooks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import lightning
@@ -54,44 +56,18 @@ from semrec.tokenizers.collisions import (
     OVERFLOW_POLICIES,
     resolve_collisions,
 )
-from semrec.tokenizers.kmeans import codebook_sizes_per_level, kmeans
+from semrec.tokenizers.distances import row_distances
+from semrec.tokenizers.quantizer import (
+    RESIDUALS,
+    ResidualQuantizer,
+    codebook_sizes_per_level,
+    upgrade_codebook_keys,
+)
 from semrec.tokenizers.rqvae import mlp
 from semrec.tokenizers.rqvae_usm import check_capacity
 from semrec.tokenizers.small_trainer import fit_on_cpu, log_code_health
 
-RESIDUALS = ("abs", "difference")
 DISTANCES = ("cosine", "l2")
-
-
-def distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
-    """Row-wise ``Dist(a, b)`` [n]: ``1 - cos(a, b)`` or ``||a - b||^2``."""
-    if kind == "cosine":
-        return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)
-    return (a - b).pow(2).sum(dim=-1)
-
-
-def pairwise_distance(x: torch.Tensor, codebook: torch.Tensor, kind: str) -> torch.Tensor:
-    """``Dist`` from every row of ``x`` [n, d] to every code [k, d]: [n, k]."""
-    if kind == "cosine":
-        return 1.0 - F.normalize(x, dim=1, eps=1e-8) @ F.normalize(codebook, dim=1, eps=1e-8).T
-    return torch.cdist(x, codebook).pow(2)
-
-
-@dataclass
-class CodebookPass:
-    """One pass of items through the cascade: what Eq. 1-3 need, per level."""
-
-    codes: torch.Tensor  # [n, levels]
-    inputs: list[torch.Tensor]  # E^n per level, [n, d] each
-    chosen: list[torch.Tensor]  # B^n_{c*} per level, [n, d] each (differentiable)
-    signs: list[torch.Tensor]  # sign of E^n - B^n per level (1 with residual="difference")
-
-    def quantized(self) -> torch.Tensor:
-        """The codes' approximation of ``E^0``: ``B^0 + s^0 (B^1 + s^1 (B^2 + ...))``."""
-        approximation = self.chosen[-1]
-        for level in range(len(self.chosen) - 2, -1, -1):
-            approximation = self.chosen[level] + self.signs[level] * approximation
-        return approximation
 
 
 class BehaviorCodebook(nn.Module):
@@ -119,88 +95,56 @@ class BehaviorCodebook(nn.Module):
             widths = [input_dim, *encoder_layers, dim]
             self.encoder = mlp(widths)
             self.decoder = mlp(widths[::-1])
-        self.codebooks = nn.ParameterList(
-            nn.Parameter(torch.zeros(size, dim)) for size in codebook_sizes
+        self.quantizer = ResidualQuantizer(
+            codebook_sizes, dim, distance=distance_kind, residual=residual
         )
         self.projection = nn.Linear(dim, llm_dim) if llm_dim is not None else None
 
     @property
+    def codebooks(self) -> nn.ParameterList:
+        return self.quantizer.codebooks
+
+    @property
     def code_dim(self) -> int:
-        return self.codebooks[0].shape[1]
+        return self.quantizer.dim
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """``E^0``: the CF embedding itself, or its encoding for the "ED" ablation."""
         return x if self.encoder is None else self.encoder(x)
 
-    def cascade(self, e0: torch.Tensor) -> CodebookPass:
-        """Eq. 1-2 through every level; each level's input is detached from the levels before."""
-        codes, inputs, chosen, signs = [], [], [], []
-        current = e0
-        for codebook in self.codebooks:
-            code = pairwise_distance(current.detach(), codebook.detach(), self.distance_kind)
-            code = code.argmin(dim=1)
-            picked = codebook[code]
-            codes.append(code)
-            inputs.append(current)
-            chosen.append(picked)
-            difference = current.detach() - picked.detach()
-            if self.residual == "abs":
-                sign = torch.where(difference < 0, -1.0, 1.0)
-                current = difference.abs()
-            else:
-                sign = torch.ones_like(difference)
-                current = difference
-            signs.append(sign)
-        return CodebookPass(torch.stack(codes, dim=1), inputs, chosen, signs)
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``Dist`` between matching rows, averaged over the rows (a scalar)."""
+        return row_distances(a, b, self.distance_kind).mean()
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes [n, levels] and each item's behaviour distance ``L_B`` [n] (no gradients)."""
-        result = self.cascade(self.latent(x))
-        behaviour = sum(
-            distance(e, b, self.distance_kind) for e, b in zip(result.inputs, result.chosen)
-        )
-        return result.codes, behaviour
+        return self.quantizer.encode(self.latent(x))
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
         """k-means on each level's inputs, computed with the levels already initialised."""
-        generator = torch.Generator().manual_seed(seed)
-        current = self.latent(x)
-        for codebook in self.codebooks:
-            result = kmeans(current, codebook.shape[0], seed=generator)
-            codebook.copy_(result.centroids)
-            code = pairwise_distance(current, codebook, self.distance_kind).argmin(dim=1)
-            difference = current - codebook[code]
-            current = difference.abs() if self.residual == "abs" else difference
+        self.quantizer.init_kmeans(self.latent(x), seed)
 
     def losses(
         self, x: torch.Tensor, llm_targets: torch.Tensor | None, *, beta: float = 0.25
     ) -> dict[str, torch.Tensor]:
         """Eq. 3 per batch (means over items): ``behaviour``, ``llm`` and, for "ED", ``reconstruction``."""
         e0 = self.latent(x)
-        result = self.cascade(e0)
-        kind = self.distance_kind
-        if self.encoder is None:
-            behaviour = sum(
-                distance(e.detach(), b, kind).mean() for e, b in zip(result.inputs, result.chosen)
-            )
-        else:  # RQ-VAE's codebook + commitment terms: the encoder must learn too
-            behaviour = sum(
-                distance(e.detach(), b, kind).mean() + beta * distance(e, b.detach(), kind).mean()
-                for e, b in zip(result.inputs, result.chosen)
-            )
-        out = {"behaviour": behaviour}
+        result = self.quantizer.quantize(e0)
+        # Without an encoder the inputs are constants: only the codebook term of L_B remains.
+        # "ED" adds RQ-VAE's commitment term so that the encoder learns too.
+        out = {"behaviour": result.vq_loss(0.0 if self.encoder is None else beta, self.distance)}
         if self.projection is not None and llm_targets is not None:
-            out["llm"] = sum(
-                distance(self.projection(b), llm_targets, kind).mean() for b in result.chosen
-            )
+            out["llm"] = sum(self.distance(self.projection(b), llm_targets) for b in result.chosen)
         if self.decoder is not None:
-            quantized = result.quantized()
             # straight-through: the decoder sees the codes, the encoder gets its gradient
-            decoded = self.decoder(e0 + (quantized - e0).detach())
-            out["reconstruction"] = F.mse_loss(decoded, x)
+            out["reconstruction"] = F.mse_loss(self.decoder(result.straight_through(e0)), x)
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_codebook_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class BehaviorCodebookTraining(lightning.LightningModule):
@@ -462,12 +406,14 @@ class BehaviorCodebookTokenizer(ItemTokenizer):
         return {key: value.contiguous() for key, value in model.state_dict().items()}
 
     def _load_model_state(self, state: dict[str, torch.Tensor]) -> None:
-        if "codebooks.0" not in state:
-            raise KeyError("behaviour-codebook state has no 'codebooks.0'")
+        state = dict(state)
+        upgrade_codebook_keys(state, "")
+        if "quantizer.codebooks.0" not in state:
+            raise KeyError("behaviour-codebook state has no 'quantizer.codebooks.0'")
         projection = state.get("projection.weight")
         input_dim = (
             state["encoder.0.weight"].shape[1] if "encoder.0.weight" in state else None
-        ) or state["codebooks.0"].shape[1]
+        ) or state["quantizer.codebooks.0"].shape[1]
         model = self._new_model(input_dim, None if projection is None else projection.shape[0])
         model.load_state_dict(state)  # raises on missing/unexpected keys or shape mismatch
         self.model = model.eval()

@@ -30,7 +30,101 @@ from semrec.tokenizers.collisions import (
     OVERFLOW_POLICIES,
     resolve_collisions,
 )
-from semrec.tokenizers.kmeans import ResidualKMeans
+from semrec.tokenizers.quantizer import ResidualQuantizer, codebook_sizes_per_level
+
+
+class ResidualKMeans:
+    """Residual k-means (TS-Rec Eq. 1-3; OneRec's "RQ-KMeans"): a
+    :class:`~semrec.tokenizers.quantizer.ResidualQuantizer` fitted by k-means alone.
+
+    ``codebook_size`` is one int for all levels or a list with one size per level. After
+    :meth:`fit`, :meth:`encode` maps vectors to codes [n, levels] and :meth:`decode` maps
+    codes (a prefix of the levels, or -1 for an absent level) back to vectors. The saved
+    state is ``codebook.<level>`` per level.
+    """
+
+    def __init__(
+        self, levels: int, codebook_size: int | Sequence[int], *, max_iter: int = 100
+    ) -> None:
+        sizes = codebook_sizes_per_level(levels, codebook_size)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter (kmeans_iters) must be an int >= 1, got {max_iter!r}")
+        self.levels = levels
+        self.codebook_sizes = sizes
+        self.max_iter = max_iter
+        self.quantizer: ResidualQuantizer | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.quantizer is not None
+
+    @property
+    def codebooks(self) -> list[torch.Tensor]:
+        return [codebook.detach() for codebook in self._require_fitted().codebooks]
+
+    @property
+    def dim(self) -> int:
+        return self._require_fitted().dim
+
+    def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """Fit one codebook per level on the residuals; returns the codes of ``x``."""
+        self.quantizer = ResidualQuantizer(self.codebook_sizes, x.shape[1]).requires_grad_(False)
+        return self.quantizer.init_kmeans(x.float(), seed, max_iter=self.max_iter)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes [n, levels]: at each level the nearest centroid to the current residual."""
+        quantizer = self._require_fitted()
+        if x.ndim != 2 or x.shape[1] != quantizer.dim:
+            raise ValueError(
+                f"expected vectors of shape [n, {quantizer.dim}], got {tuple(x.shape)}"
+            )
+        return quantizer.encode(x.float())[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Sum of the chosen centroids per row; a code of -1 means "level absent" (adds 0)."""
+        quantizer = self._require_fitted()
+        if codes.ndim != 2 or codes.shape[1] > self.levels:
+            raise ValueError(
+                f"expected codes of shape [n, <= {self.levels}], got {tuple(codes.shape)}"
+            )
+        out = torch.zeros(codes.shape[0], quantizer.dim)
+        for level in range(codes.shape[1]):
+            column = codes[:, level]
+            size = self.codebook_sizes[level]
+            if bool(((column < -1) | (column >= size)).any()):
+                raise ValueError(f"level {level} codes must lie in [-1, {size - 1}]")
+            present = column >= 0
+            out[present] += quantizer.codebooks[level].detach()[column[present]]
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            f"codebook.{level}": codebook.contiguous()
+            for level, codebook in enumerate(self.codebooks)
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        codebooks = []
+        for level, size in enumerate(self.codebook_sizes):
+            key = f"codebook.{level}"
+            if key not in state:
+                raise KeyError(f"residual k-means state has no {key!r}")
+            codebook = state[key].float()
+            if codebook.ndim != 2 or codebook.shape[0] != size:
+                raise ValueError(f"{key} has shape {tuple(codebook.shape)}, expected [{size}, dim]")
+            codebooks.append(codebook)
+        if len({cb.shape[1] for cb in codebooks}) != 1:
+            raise ValueError("residual k-means codebooks disagree on the vector dimension")
+        quantizer = ResidualQuantizer(self.codebook_sizes, codebooks[0].shape[1])
+        with torch.no_grad():
+            for target, codebook in zip(quantizer.codebooks, codebooks):
+                target.copy_(codebook)
+        self.quantizer = quantizer.requires_grad_(False)
+
+    def _require_fitted(self) -> ResidualQuantizer:
+        if self.quantizer is None:
+            raise RuntimeError("ResidualKMeans is not fitted; call fit() or load_state_dict()")
+        return self.quantizer
 
 
 @TOKENIZERS.register("rqkmeans")

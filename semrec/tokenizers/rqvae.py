@@ -29,13 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from semrec.tokenizers.kmeans import kmeans
-from semrec.tokenizers.sinkhorn import (
-    DEFAULT_EPSILON,
-    DEFAULT_ITERATIONS,
-    sinkhorn_codes,
-    squared_distances,
-)
+from semrec.tokenizers.quantizer import ResidualQuantizer, upgrade_codebook_keys
+from semrec.tokenizers.sinkhorn import DEFAULT_EPSILON, DEFAULT_ITERATIONS, sinkhorn_codes
 from semrec.tokenizers.small_trainer import fit_on_cpu, log_code_health
 
 #: LC-Rec's encoder widths (its decoder mirrors them); the latent (code) dimension is 32.
@@ -97,9 +92,7 @@ class RQVAE(nn.Module):
             raise ValueError(f"layer sizes must be >= 1, got {widths}")
         self.encoder = mlp(widths)
         self.decoder = mlp(widths[::-1])
-        self.codebooks = nn.ParameterList(
-            nn.Parameter(torch.randn(size, code_dim) * 0.01) for size in codebook_sizes
-        )
+        self.quantizer = ResidualQuantizer(codebook_sizes, code_dim, init_scale=0.01)
         self.beta = beta
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iterations = sinkhorn_iterations
@@ -119,7 +112,11 @@ class RQVAE(nn.Module):
 
     @property
     def levels(self) -> int:
-        return len(self.codebooks)
+        return self.quantizer.levels
+
+    @property
+    def codebooks(self) -> torch.nn.ParameterList:
+        return self.quantizer.codebooks
 
     def forward(self, x: torch.Tensor, *, usm: bool = False) -> RQVAEOutput:
         """Encode, quantise (last level by Sinkhorn if ``usm``), decode; Eq. 3-5.
@@ -128,54 +125,34 @@ class RQVAE(nn.Module):
         """
         x = self.standardize(x)
         z = self.encoder(x)
-        residual = z
-        quantized = torch.zeros_like(z)
-        codes, quantization_loss = [], z.new_zeros(())
-        for level, codebook in enumerate(self.codebooks):
-            distances = squared_distances(residual.detach(), codebook.detach())
-            if usm and level == self.levels - 1:
-                code = sinkhorn_codes(distances, self.sinkhorn_epsilon, self.sinkhorn_iterations)
-            else:
-                code = distances.argmin(dim=1)
-            chosen = codebook[code]
-            quantization_loss = (
-                quantization_loss
-                + F.mse_loss(chosen, residual.detach())
-                + self.beta * F.mse_loss(residual, chosen.detach())
-            )
-            quantized = quantized + chosen
-            residual = residual - chosen.detach()
-            codes.append(code)
+        assign = {self.levels - 1: self._sinkhorn} if usm else None
+        quantized = self.quantizer.quantize(z, assign=assign)
         # Straight-through: the decoder sees the codes, the encoder gets the decoder's gradient.
-        reconstruction = self.decoder(z + (quantized - z).detach())
+        reconstruction = self.decoder(quantized.straight_through(z))
         return RQVAEOutput(
             reconstruction=reconstruction,
-            codes=torch.stack(codes, dim=1),
+            codes=quantized.codes,
             reconstruction_loss=F.mse_loss(reconstruction, x),
-            quantization_loss=quantization_loss,
+            quantization_loss=quantized.vq_loss(self.beta),
         )
+
+    def _sinkhorn(self, distances: torch.Tensor) -> torch.Tensor:
+        return sinkhorn_codes(distances, self.sinkhorn_epsilon, self.sinkhorn_iterations)
 
     @torch.no_grad()
     def argmin_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Argmin codes [n, levels] (Eq. 1-2) and the last level's distances [n, K]."""
-        residual = self.encoder(self.standardize(x))
-        codes = []
-        for codebook in self.codebooks:
-            distances = squared_distances(residual, codebook)
-            code = distances.argmin(dim=1)
-            codes.append(code)
-            residual = residual - codebook[code]
-        return torch.stack(codes, dim=1), distances
+        quantized = self.quantizer.quantize(self.encoder(self.standardize(x)))
+        return quantized.codes, quantized.distances[-1]
 
     @torch.no_grad()
     def init_codebooks(self, x: torch.Tensor, seed: int) -> None:
         """Residual k-means on the encoder's latents of ``x`` sets every codebook."""
-        generator = torch.Generator().manual_seed(seed)
-        residual = self.encoder(self.standardize(x))
-        for codebook in self.codebooks:
-            result = kmeans(residual, codebook.shape[0], seed=generator)
-            codebook.copy_(result.centroids)
-            residual = residual - result.centroids[result.assignments]
+        self.quantizer.init_kmeans(self.encoder(self.standardize(x)), seed)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_codebook_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class RQVAETraining(lightning.LightningModule):

@@ -22,7 +22,7 @@ import torch
 
 from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCodes, ItemTokenizer
 from semrec.tokenizers.collisions import PAD, append_suffix_level, collision_groups
-from semrec.tokenizers.kmeans import codebook_sizes_per_level
+from semrec.tokenizers.quantizer import codebook_sizes_per_level
 from semrec.tokenizers.rqvae import LCREC_HIDDEN_LAYERS, RQVAE, train_rqvae
 from semrec.tokenizers.sinkhorn import (
     DEFAULT_EPSILON,

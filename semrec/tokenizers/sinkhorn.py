@@ -83,13 +83,6 @@ def sinkhorn_codes(
     return sinkhorn(cost, epsilon, iterations).argmax(dim=1)
 
 
-def squared_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances [n, K] between rows of ``x`` and codebook vectors."""
-    return (
-        x.pow(2).sum(dim=1, keepdim=True) - 2.0 * x @ codebook.T + codebook.pow(2).sum(dim=1)
-    ).clamp_min(0.0)
-
-
 def resolve_by_uniform_mapping(
     codes: torch.Tensor,
     last_distances: torch.Tensor,

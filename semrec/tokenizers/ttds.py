@@ -41,7 +41,7 @@ from torch import nn
 
 from semrec.tokenizers.base import TOKENIZERS
 from semrec.tokenizers.dynamic import DynamicTokenizer, SIDReader
-from semrec.tokenizers.kmeans import ResidualKMeans, nearest
+from semrec.tokenizers.quantizer import ResidualQuantizer, upgrade_codebook_keys
 
 DEFAULT_TTDS_PREFIXES = ("a", "b", "c", "d", "e", "f", "g", "h")
 
@@ -101,7 +101,7 @@ class TTDSTokenizer(DynamicTokenizer):
         self.kmeans_iters = kmeans_iters
         self.encoder: nn.Sequential | None = None
         self.id_head: nn.Linear | None = None
-        self.codebooks = nn.ParameterList()
+        self.quantizer: ResidualQuantizer | None = None
 
     def config(self) -> dict[str, Any]:
         prefixes = self._given_prefixes
@@ -143,22 +143,17 @@ class TTDSTokenizer(DynamicTokenizer):
         self.encoder = nn.Sequential(*layers)
         self.register_buffer("input_mean", torch.zeros(input_dim))
         self.register_buffer("input_scale", torch.ones(input_dim))
-        self.codebooks = nn.ParameterList(
-            nn.Parameter(torch.randn(self.codebook_size, widths[-1]) * 0.1)
-            for _ in range(self.n_levels)
+        self.quantizer = ResidualQuantizer(
+            [self.codebook_size] * self.n_levels, widths[-1], init_scale=0.1
         )
 
     def _initialize(self) -> None:
         with torch.no_grad():
             self.input_mean = self.inputs.mean(dim=0)
             self.input_scale = self.inputs.std(dim=0, unbiased=False).clamp(min=1e-6)
-            z = self.encode(self.inputs)
-            quantiser = ResidualKMeans(
-                self.n_levels, self.codebook_size, max_iter=self.kmeans_iters
+            self.quantizer.init_kmeans(
+                self.encode(self.inputs), self.seed, max_iter=self.kmeans_iters
             )
-            quantiser.fit(z, seed=self.seed)
-            for codebook, centroids in zip(self.codebooks, quantiser.codebooks):
-                codebook.copy_(centroids)
 
     def _saved_reader_dim(self, state: dict[str, torch.Tensor]) -> int | None:
         head = state.get("id_head.weight")
@@ -171,30 +166,19 @@ class TTDSTokenizer(DynamicTokenizer):
 
     def assign(self, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            residual = self.encode(inputs)
-            codes = []
-            for codebook in self.codebooks:
-                index, _ = nearest(residual, codebook)
-                codes.append(index)
-                residual = residual - codebook[index]
-        return torch.stack(codes, dim=1)
+            return self.quantizer.encode(self.encode(inputs))[0]
 
     def loss(self, rows: torch.Tensor, reader: SIDReader | None) -> dict[str, torch.Tensor]:
         """DM-VAE losses over ``rows``; without a ``reader`` (or with ``beta`` only) L_ID is 0."""
         x = self.inputs[rows.to(self.inputs.device)]
         residual = self.encode(x)
-        token = residual.new_zeros(())
+        quantized = self.quantizer.quantize(residual)
+        token = quantized.vq_loss(self.commitment)
         weights = []
-        for codebook in self.codebooks:
-            distances = torch.cdist(residual, codebook).pow(2)  # [b, K]
-            index = distances.argmin(dim=1)
-            chosen = codebook[index]
-            token = token + F.mse_loss(chosen, residual.detach())
-            token = token + self.commitment * F.mse_loss(residual, chosen.detach())
+        for distances, index in zip(quantized.distances, quantized.codes.T):
             soft = torch.softmax(-distances / (residual.shape[1] * self.temperature), dim=1)
-            hard = F.one_hot(index, codebook.shape[0]).to(soft.dtype)
+            hard = F.one_hot(index, distances.shape[1]).to(soft.dtype)
             weights.append(hard + soft - soft.detach())
-            residual = residual - chosen
         identity = x.new_zeros(())
         if reader is not None:
             read = reader(weights).float()
@@ -202,3 +186,7 @@ class TTDSTokenizer(DynamicTokenizer):
                 read = self.id_head(read)
             identity = F.mse_loss(read, x)  # X^I is a fixed target
         return {"total": identity + self.beta * token, "id": identity, "token": token}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        upgrade_codebook_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
