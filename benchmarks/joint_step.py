@@ -92,10 +92,10 @@ def main() -> None:
     )
     run = Run(config, echo=lambda line: print(line, file=sys.stderr))
     model, hf_tokenizer, _ = run.build_model()
-    joint = run.prepare_joint(model, hf_tokenizer)
+    joint = run.tokenizers.prepare_joint(model, hf_tokenizer)
     if joint is None:
         raise SystemExit(f"{args.config}: no tokenizer is trained with the LLM (train.joint)")
-    training = run.datamodule(hf_tokenizer).training
+    training = run.model_stage.datamodule(hf_tokenizer).training
     size, needed = config.train.batch_size, (args.steps + args.warmup)
     items = list(training.epoch_items(0))[: needed * size]
     if len(items) < needed * size:
@@ -161,7 +161,7 @@ def main() -> None:
         represent = representer(config, hf_tokenizer)
 
         def recompute() -> None:
-            for name, texts in run.joint_texts().items():
+            for name, texts in run.tokenizers.joint_texts().items():
                 tokenizers[name].set_inputs(represent(model, texts))
 
         result["recompute_inputs_s"] = seconds(recompute)

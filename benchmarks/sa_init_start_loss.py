@@ -65,8 +65,8 @@ def main() -> None:
             run = Run(load_config(args.config, overrides), run_dir, echo=lambda _: None)
             model, hf_tokenizer, _ = run.build_model()
             model.eval()
-            formatter = run.formatter(hf_tokenizer)
-            ctx = run.datamodule(hf_tokenizer).ctx
+            formatter = run.model_stage.formatter(hf_tokenizer)
+            ctx = run.model_stage.datamodule(hf_tokenizer).ctx
             results[label] = {}
             for name in args.tasks:
                 # the config's own task (its templates) when it has one of that name

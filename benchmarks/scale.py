@@ -76,8 +76,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-import semrec.tokenizers.kmeans as kmeans_module  # noqa: E402
-import semrec.tokenizers.rqkmeans as rqkmeans_module  # noqa: E402
+import semrec.tokenizers.base as tokenizer_base_module  # noqa: E402
+import semrec.tokenizers.quantizer as quantizer_module  # noqa: E402
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie  # noqa: E402
 from semrec.factories.decoding import sid_trie  # noqa: E402
 from semrec.machine import cpu_name  # noqa: E402
@@ -166,8 +166,8 @@ def fit_tokenizer(vectors: torch.Tensor, args: argparse.Namespace) -> dict[str, 
     """Fit ``rqkmeans``; returns the tokenizer (key ``tokenizer``) and its timings and stats."""
     tokenizer = TOKENIZERS.get("rqkmeans")(**rqkmeans_params(args))
     with (
-        recording(kmeans_module, "kmeans") as kmeans_calls,
-        recording(rqkmeans_module, "resolve_collisions") as resolve_calls,
+        recording(quantizer_module, "kmeans") as kmeans_calls,
+        recording(tokenizer_base_module, "resolve_collisions") as resolve_calls,
     ):
         fit_s, _ = seconds_of(lambda: tokenizer.fit(vectors))
     stats_s, stats = seconds_of(tokenizer.stats)

@@ -97,7 +97,7 @@ def build(config_path: str, overrides: list[str]):
     config = load_config(config_path, [f"run_dir={ROOT / 'runs' / 'bench_training'}", *overrides])
     run = Run(config, echo=lambda line: print(line, file=sys.stderr))
     model, hf_tokenizer, sid_ids = run.build_model()
-    training = run.datamodule(hf_tokenizer).training
+    training = run.model_stage.datamodule(hf_tokenizer).training
     return model, training, resolve_precision(config.train), config, sid_ids
 
 

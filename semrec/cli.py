@@ -36,6 +36,10 @@ EPILOG = """examples:
 """
 
 
+#: Takes the lock of a directory the command writes, for the rest of the command.
+Hold = Callable[[str | Path], None]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semrec",
@@ -277,7 +281,7 @@ def predict(args: argparse.Namespace) -> None:
     """``semrec predict``: one process, ``--workers`` processes, or one shard (``--shard``)."""
     from semrec.serving.predict import merge_predictions, predict_in_workers, predict_top_k
 
-    run = _stored_run(Path(args.run), args.overrides)
+    run = _trained_run(Path(args.run), args.overrides)
     if args.threads:
         import torch
 
@@ -343,13 +347,20 @@ def _id_list(text: str) -> list[str]:
 
 
 def _stored_run(run_dir: Path, overrides: list[str]):
-    """A read-only :class:`~semrec.pipeline.Run` of a finished run directory."""
+    """A read-only :class:`~semrec.pipeline.Run` of a finished run directory (``semrec test``)."""
     from semrec.pipeline import Run, RunError
 
     stored_file = run_dir / "config.yaml"
     if not stored_file.is_file():
         raise RunError(f"{run_dir} has no config.yaml: not a semrec run directory")
     return Run(load_config(stored_file, overrides), run_dir, read_only=True)
+
+
+def _trained_run(run_dir: Path, overrides: list[str]):
+    """The :class:`~semrec.pipeline.trained.TrainedRun` of a finished run directory (serving)."""
+    from semrec.pipeline.trained import TrainedRun
+
+    return TrainedRun.load(run_dir, overrides)
 
 
 def _requested_users(args) -> list[str] | None:
@@ -419,10 +430,10 @@ def fit_seeds(
 ) -> dict:
     """``semrec fit --seeds``: one run per seed, then the mean ± std table over seeds."""
     from semrec.artifacts import atomic_write, write_json
+    from semrec.compare import run_cell
     from semrec.distributed import is_rank_zero
     from semrec.evaluation.seeds import seed_summary, seeds_table
     from semrec.factories.training import multi_process
-    from semrec.pipeline import Run
 
     if multi_process(config.train):
         raise ValueError(
@@ -438,7 +449,7 @@ def fit_seeds(
         seed_dir = base / f"seed-{seed}"
         # --resume continues the seeds a kill interrupted; the others start (or are reused)
         interrupted = resume and any((seed_dir / "checkpoints").glob("*.ckpt"))
-        per_seed[seed] = Run(seeded, seed_dir).fit(resume=interrupted, overwrite=overwrite)
+        per_seed[seed] = run_cell(seeded, seed_dir, interrupted, overwrite=overwrite)
     if not is_rank_zero():  # another process of a multi-process run: rank 0 reports
         return {}
     summary = seed_summary(per_seed)
@@ -498,86 +509,119 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _dispatch(args, hold: Callable[[str | Path], None]) -> int:
-    """Run the command of ``args`` (all but ``convert``); ``hold(directory)`` takes the lock
-    of a directory the command writes, for the rest of the command."""
+def _test(args, hold: Hold) -> None:
+    hold(args.run)
+    run = _stored_run(Path(args.run), args.overrides)
+    run.write_report(run.test())
+
+
+def _predict(args, hold: Hold) -> None:
+    if args.shard is None:  # shards write their own files, side by side by design
+        hold(args.run)
+    predict(args)
+
+
+def _add_items(args, hold: Hold) -> None:
+    from semrec.serving.new_items import add_items
+
+    hold(args.run)
+    add_items(_trained_run(Path(args.run), args.overrides), args.items)
+
+
+def _export(args, hold: Hold) -> None:
+    from semrec.serving.export import export_run
+
+    hold(args.run)
+    hold(args.out)
+    export_run(
+        _trained_run(Path(args.run), args.overrides),
+        args.out,
+        merge=args.merge,
+        overwrite=args.overwrite,
+    )
+
+
+def _serve(args, hold: Hold) -> None:
+    from semrec.serving.http import serve
+
+    serve(
+        args.dir,
+        args.cache,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_request_bytes=args.max_request_bytes,
+    )
+
+
+def _compare(args, hold: Hold) -> None:
+    from semrec.compare import compare
+
+    hold(args.out)
+    compare(
+        args.config,
+        args.seeds,
+        args.out,
+        sweeps=args.sweep,
+        overrides=args.overrides,
+        metrics=None if args.metrics is None else _names(args.metrics),
+        significance_metrics=_names(args.significance),
+        reference=args.reference,
+        overlap_k=args.overlap_k,
+    )
+
+
+def _new_run(args, hold: Hold):
+    """The writable run of ``--config`` (with overrides) in ``--run-dir``, locked."""
     from semrec.pipeline import Run
 
-    if args.command == "test":
-        hold(args.run)
-        run = _stored_run(Path(args.run), args.overrides)
-        run.write_report(run.test())
-        return 0
-    if args.command == "predict":
-        if args.shard is None:  # shards write their own files, side by side by design
-            hold(args.run)
-        predict(args)
-        return 0
-    if args.command == "add-items":
-        from semrec.serving.new_items import add_items
+    run = Run(load_config(args.config, args.overrides), args.run_dir)
+    hold(run.run_dir)
+    return run
 
-        hold(args.run)
-        add_items(_stored_run(Path(args.run), args.overrides), args.items)
-        return 0
-    if args.command == "export":
-        from semrec.serving.export import export_run
 
-        hold(args.run)
-        hold(args.out)
-        export_run(
-            _stored_run(Path(args.run), args.overrides),
-            args.out,
-            merge=args.merge,
-            overwrite=args.overwrite,
-        )
-        return 0
-    if args.command == "serve":
-        from semrec.serving.http import serve
-
-        serve(
-            args.dir,
-            args.cache,
-            args.host,
-            args.port,
-            max_batch=args.max_batch,
-            max_wait_ms=args.max_wait_ms,
-            max_request_bytes=args.max_request_bytes,
-        )
-        return 0
-    if args.command == "compare":
-        from semrec.compare import compare
-
-        hold(args.out)
-        compare(
-            args.config,
-            args.seeds,
-            args.out,
-            sweeps=args.sweep,
-            overrides=args.overrides,
-            metrics=None if args.metrics is None else _names(args.metrics),
-            significance_metrics=_names(args.significance),
-            reference=args.reference,
-            overlap_k=args.overlap_k,
-        )
-        return 0
-    config = load_config(args.config, args.overrides)
-    if args.command == "fit" and args.seeds:
+def _fit(args, hold: Hold) -> None:
+    if args.seeds:
+        config = load_config(args.config, args.overrides)
         hold(args.run_dir or config.resolved_run_dir())
         fit_seeds(config, args.run_dir, args.seeds, args.resume, args.overwrite)
-        return 0
-    run = Run(config, args.run_dir)
-    hold(run.run_dir)
-    if args.command == "annotate":
-        run.annotate(args.kind)
-    elif args.command == "tokenize":
-        run.tokenize()
-        print(run.tokenizer_report())
-        print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
-        if args.plot:
-            for path in run.plot_tokenizers():
-                print(f"[tokenize] diagnostics: {path}")
-    else:
-        run.fit(resume=args.resume, overwrite=args.overwrite)
+        return
+    _new_run(args, hold).fit(resume=args.resume, overwrite=args.overwrite)
+
+
+def _annotate(args, hold: Hold) -> None:
+    _new_run(args, hold).annotate(args.kind)
+
+
+def _tokenize(args, hold: Hold) -> None:
+    run = _new_run(args, hold)
+    run.tokenize()
+    print(run.tokenizer_report())
+    print(f"[tokenize] SID table and stats in {run.run_dir / 'tokenizer'}")
+    if args.plot:
+        for path in run.plot_tokenizers():
+            print(f"[tokenize] diagnostics: {path}")
+
+
+#: Every command but ``convert`` (which needs none of the model stack): (args, hold) -> None,
+#: where ``hold(directory)`` takes the lock of a directory the command writes.
+COMMANDS: dict[str, Callable[[argparse.Namespace, Hold], None]] = {
+    "fit": _fit,
+    "annotate": _annotate,
+    "tokenize": _tokenize,
+    "test": _test,
+    "predict": _predict,
+    "add-items": _add_items,
+    "export": _export,
+    "serve": _serve,
+    "compare": _compare,
+}
+
+
+def _dispatch(args, hold: Hold) -> int:
+    """Run the command of ``args`` (all but ``convert``) from :data:`COMMANDS`."""
+    COMMANDS[args.command](args, hold)
     return 0
 
 

@@ -133,12 +133,15 @@ def _duration(seconds: float) -> str:
 RunCell = Callable[[ExperimentConfig, Path, bool], dict[str, float]]
 
 
-def run_cell(config: ExperimentConfig, directory: Path, resume: bool) -> dict[str, float]:
-    """The default cell runner: ``semrec fit`` of ``config`` into ``directory``."""
+def run_cell(
+    config: ExperimentConfig, directory: Path, resume: bool, *, overwrite: bool = True
+) -> dict[str, float]:
+    """One ``semrec fit`` of ``config`` into ``directory``: a compare's cell, or one seed of
+    ``semrec fit --seeds``. A compare owns its cells' directories, so by default a cell whose
+    row now has another config is retrained (``overwrite``)."""
     from semrec.pipeline import Run
 
-    # a cell whose row now has another config is recomputed: its directory is the compare's
-    return Run(config, directory).fit(resume=resume, overwrite=True)
+    return Run(config, directory).fit(resume=resume, overwrite=overwrite)
 
 
 def run_cells(

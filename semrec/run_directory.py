@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from semrec.artifacts import atomic_write, read_json, write_json
-from semrec.config import ExperimentConfig, config_diff, dump_config, load_config
+from semrec.config.load import dump_config, load_config
+from semrec.config.schema import ExperimentConfig
+from semrec.config.stages import config_diff
 from semrec.errors import RunError
 
 __all__ = [

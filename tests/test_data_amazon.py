@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from semrec.cli import main
-from semrec.config import ConfigError, DatasetConfig, _check_dataset_options
+from semrec.config import ConfigError, DatasetConfig
+from semrec.config.validation import _check_dataset_options
 from semrec.data import DataError, RecDataset, amazon, kcore_filter, leave_one_out, load_dataset
 from semrec.data.writers import convert, write_lcrec_json, write_minionerec_csv, write_recbole
 

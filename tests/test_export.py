@@ -12,7 +12,7 @@ import torch
 import semrec
 from semrec.cli import main
 from semrec.config import load_config
-from semrec.pipeline import Run
+from semrec.pipeline import Run, TrainedRun
 from semrec.serving import read_predictions
 from semrec.serving.export import check_exportable, export_run
 from semrec.serving.predict import predict_top_k
@@ -75,8 +75,8 @@ def runs(tmp_path_factory) -> Callable[[str], Path]:
     return get
 
 
-def stored(run_dir: Path) -> Run:
-    return Run(load_config(run_dir / "config.yaml"), run_dir, read_only=True, echo=quiet)
+def stored(run_dir: Path) -> TrainedRun:
+    return TrainedRun.load(run_dir, echo=quiet)
 
 
 def histories(run_dir: Path) -> dict[str, list[str]]:
@@ -89,10 +89,9 @@ def histories(run_dir: Path) -> dict[str, list[str]]:
 
 
 def run_logits(run_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
-    module, _, _ = stored(run_dir).train(allow_training=False)
-    module.model.eval()
+    model = stored(run_dir).model
     with torch.no_grad():
-        return module.model(input_ids=input_ids).logits
+        return model(input_ids=input_ids).logits
 
 
 PROMPT = torch.tensor([[3, 10, 40, 104, 112, 105, 113]])  # words and SID tokens of the tiny vocab

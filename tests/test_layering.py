@@ -21,11 +21,13 @@ import semrec
 PACKAGE = Path(semrec.__file__).parent
 MOVED_MARKER = "this path re-exports it for one release"
 
-# Lowest first. A top-level module (``config.py``) or package (``data/``) is one unit.
+# Lowest first. A top-level module (``errors.py``) or package (``data/``) is one unit; a
+# dotted name (``config.load``) makes a module of a package a unit of its own, placed apart
+# from the rest of its package.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "artifacts", "registry", "distributed", "known_warnings", "machine"),
+    ("errors", "artifacts", "registry", "distributed", "known_warnings", "machine", "seeding"),
     ("memory_budget",),
-    ("config",),
+    ("config",),  # the schema and the stage key sets
     ("data",),
     ("metrics",),
     ("text",),
@@ -37,6 +39,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("prompts",),
     ("models",),
     ("evaluation",),
+    # loading a config checks it against the registries of the packages below
+    ("config.validation", "config.load"),
     ("annotate",),
     ("factories",),
     ("run_directory", "run_lock"),
@@ -47,15 +51,9 @@ LAYERS: list[tuple[str, ...]] = [
 
 # (importer, imported): what will remove the import (issue #27).
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("config", "cf"): "config validation moves out of the schema module",
-    ("config", "data"): "config validation moves out of the schema module",
-    ("config", "embedders"): "config validation moves out of the schema module",
-    ("config", "evaluation"): "config validation moves out of the schema module",
-    ("config", "tasks"): "config validation moves out of the schema module",
-    ("config", "text"): "config validation moves out of the schema module",
-    ("config", "tokenizers"): "config validation moves out of the schema module",
     ("text", "models"): "the LLM text encoder takes its backbone loader by constructor",
 }
+SPLIT_UNITS = frozenset(unit for units in LAYERS for unit in units if "." in unit)
 
 
 def imported_modules(path: Path, package: str) -> set[str]:
@@ -75,7 +73,14 @@ def imported_modules(path: Path, package: str) -> set[str]:
     return names
 
 
-def unit_imports(root: Path) -> Counter[tuple[str, str]]:
+def unit_of(pieces: list[str] | tuple[str, ...], split: frozenset[str]) -> str:
+    """The unit of the module ``pieces`` (``["semrec", "config", "load"]`` -> ``config.load``
+    when that is in ``split``, else ``config``)."""
+    dotted = ".".join(pieces[1:3])
+    return dotted if dotted in split else pieces[1]
+
+
+def unit_imports(root: Path, split: frozenset[str] = SPLIT_UNITS) -> Counter[tuple[str, str]]:
     """(importer unit, imported unit) -> number of import statements, over every module of
     the package at ``root`` (its directory name is the package name)."""
     edges: Counter[tuple[str, str]] = Counter()
@@ -86,12 +91,51 @@ def unit_imports(root: Path) -> Counter[tuple[str, str]]:
         parts = path.relative_to(root.parent).with_suffix("").parts
         if parts[1] == "__init__":
             continue  # the top-level package re-exports; it is no layer
-        package, source = ".".join(parts[:-1]), parts[1]
+        package, source = ".".join(parts[:-1]), unit_of(parts, split)
         for name in imported_modules(path, package):
             pieces = name.split(".")
-            if pieces[0] == root.name and len(pieces) > 1 and pieces[1] != source:
-                edges[(source, pieces[1])] += 1
+            if pieces[0] == root.name and len(pieces) > 1:
+                target = unit_of(pieces, split)
+                if target != source:
+                    edges[(source, target)] += 1
     return edges
+
+
+def cycles(edges: Counter[tuple[str, str]]) -> list[list[str]]:
+    """The groups of units that import each other in a circle (Tarjan's strongly connected
+    components with more than one unit)."""
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, set()).add(b)
+        graph.setdefault(b, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(unit: str) -> None:
+        index[unit] = low[unit] = len(index)
+        stack.append(unit)
+        for nxt in sorted(graph[unit]):
+            if nxt not in index:
+                visit(nxt)
+                low[unit] = min(low[unit], low[nxt])
+            elif nxt in stack:
+                low[unit] = min(low[unit], index[nxt])
+        if low[unit] == index[unit]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == unit:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for unit in sorted(graph):
+        if unit not in index:
+            visit(unit)
+    return found
 
 
 def upward(edges: Counter[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -102,6 +146,7 @@ def upward(edges: Counter[tuple[str, str]]) -> set[tuple[str, str]]:
 def test_every_package_has_a_layer() -> None:
     units = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     units |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    units |= {unit for unit in SPLIT_UNITS if (PACKAGE / f"{unit.replace('.', '/')}.py").is_file()}
     placed = [unit for units_ in LAYERS for unit in units_]
     assert len(placed) == len(set(placed)), "a unit is placed twice"
     assert sorted(units - set(placed)) == [], "give these a row of LAYERS"
@@ -112,6 +157,10 @@ def test_no_package_imports_one_above_it() -> None:
     found = upward(unit_imports(PACKAGE))
     assert sorted(found - set(KNOWN_UPWARD)) == [], "new upward imports"
     assert sorted(set(KNOWN_UPWARD) - found) == [], "gone: delete them from KNOWN_UPWARD"
+
+
+def test_no_packages_import_each_other_in_a_circle() -> None:
+    assert cycles(unit_imports(PACKAGE)) == []
 
 
 def test_a_planted_upward_import_is_found(tmp_path: Path) -> None:
@@ -131,6 +180,25 @@ def test_a_planted_upward_import_is_found(tmp_path: Path) -> None:
         {("data", "models"): 1, ("models", "data"): 1, ("tokenizers", "prompts"): 1}
     )
     assert upward(edges) == {("data", "models"), ("tokenizers", "prompts")}
+    assert cycles(edges) == [["data", "models"]]
+
+
+def test_a_module_split_from_its_package_is_a_unit_of_its_own(tmp_path: Path) -> None:
+    root = tmp_path / "semrec"
+    for unit, body in {
+        "config/__init__.py": "from semrec.config import schema\n",
+        "config/schema.py": "",
+        "config/load.py": "from semrec.tokenizers import TOKENIZERS\n",
+        "tokenizers/__init__.py": "from semrec.config import schema\n",
+    }.items():
+        (root / unit).parent.mkdir(parents=True, exist_ok=True)
+        (root / unit).write_text(body)
+    split = frozenset({"config.load"})
+    assert unit_imports(root, split) == Counter(
+        {("config.load", "tokenizers"): 1, ("tokenizers", "config"): 1}
+    )
+    assert cycles(unit_imports(root, split)) == []
+    assert cycles(unit_imports(root, frozenset())) == [["config", "tokenizers"]]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,13 @@ WINDOWS = [
 def _built(tmp_path, overrides):
     run = Run(load_config(TINY, overrides), tmp_path / "run", echo=lambda _: None)
     model, hf_tokenizer, sid_ids = run.build_model()
-    return run, model.eval(), hf_tokenizer, sid_ids, run.datamodule(hf_tokenizer).training
+    return (
+        run,
+        model.eval(),
+        hf_tokenizer,
+        sid_ids,
+        run.model_stage.datamodule(hf_tokenizer).training,
+    )
 
 
 def _target_log_probs(model, batch) -> torch.Tensor:

@@ -100,14 +100,14 @@ def test_unchanged_stages_are_reused(tiny_run):
 def test_changing_a_training_key_invalidates_only_training(tiny_run, override):
     run_dir, _, _ = tiny_run
     run = Run(load_config(TINY, [override]), run_dir, echo=lambda _: None)
-    assert run.directory.stage_done("tokenizer", run.tokenizer_fingerprint())
+    assert run.directory.stage_done("tokenizer", run.tokenizers.tokenizer_fingerprint())
     assert not run.directory.stage_done("train", run.train_fingerprint())
 
 
 def test_changing_the_item_text_invalidates_the_tokenizer(tiny_run):
     run_dir, _, _ = tiny_run
     run = Run(load_config(TINY, ["dataset.text.fields=[title]"]), run_dir, echo=lambda _: None)
-    assert not run.directory.stage_done("tokenizer", run.tokenizer_fingerprint())
+    assert not run.directory.stage_done("tokenizer", run.tokenizers.tokenizer_fingerprint())
 
 
 def test_semrec_test_refuses_overrides_that_change_training(tiny_run, capsys):

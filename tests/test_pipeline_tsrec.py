@@ -60,7 +60,7 @@ def test_tsrec_run_trains_on_token_alignment_pairs(tsrec_run):
     used = {t for i in range(run.tokenizer.n_items) for t in run.tokenizer.item_tokens(i)}
     assert set(semantics) == used
     _, hf_tokenizer, _ = run.build_model()
-    samples = run.datamodule(hf_tokenizer).training.epoch_samples(0)
+    samples = run.model_stage.datamodule(hf_tokenizer).training.epoch_samples(0)
     by_task = {}
     for sample in samples:
         by_task.setdefault(sample.task, []).append(sample)

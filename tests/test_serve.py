@@ -12,7 +12,7 @@ import pytest
 
 from semrec.cli import _parser
 from semrec.config import load_config
-from semrec.pipeline import Run
+from semrec.pipeline import Run, TrainedRun
 from semrec.serving import TopKCache, read_predictions
 from semrec.serving.export import export_run
 from semrec.serving.http import create_app, running_in_background
@@ -34,7 +34,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("serve")
     run = Run(load_config(TINY, QUICK), root / "run", echo=quiet)
     run.fit()
-    stored = Run(load_config(root / "run" / "config.yaml"), root / "run", read_only=True)
+    stored = TrainedRun.load(root / "run", echo=quiet)
     export_run(stored, root / "export", echo=quiet)
     cache = predict_top_k(stored, k=CACHED_K, output=root / "top5.jsonl", echo=quiet)
     return root / "export", cache.path

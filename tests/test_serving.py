@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from semrec.cli import main
 from semrec.config import load_config
 from semrec.data.dataset import DataError
 from semrec.decoding import ConstrainedBeamSearch
-from semrec.pipeline import Run, RunError
+from semrec.pipeline import Run, RunError, TrainedRun
 from semrec.serving import PredictionError, TopKCache, read_predictions
 from semrec.serving.new_items import add_items, added_items
 from semrec.serving.predict import merge_predictions, predict_top_k
@@ -28,8 +31,59 @@ def trained(tmp_path_factory) -> Path:
     return run_dir
 
 
-def stored(run_dir: Path) -> Run:
-    return Run(load_config(run_dir / "config.yaml"), run_dir, read_only=True, echo=lambda _: None)
+def stored(run_dir: Path) -> TrainedRun:
+    return TrainedRun.load(run_dir, echo=lambda _: None)
+
+
+#: The training stage: serving must work without importing any of it.
+TRAINING_MODULES = (
+    "semrec.pipeline.run",
+    "semrec.pipeline.train",
+    "semrec.pipeline.test",
+    "semrec.factories.training",
+    "semrec.models.module",
+)
+
+
+def test_serving_loads_and_predicts_without_importing_the_training_stage(trained, tmp_path):
+    script = f"""
+import sys
+from semrec.pipeline import TrainedRun
+from semrec.serving.export import export_run
+from semrec.serving.new_items import add_items
+from semrec.serving.predict import predict_top_k
+run = TrainedRun.load({str(trained)!r}, echo=lambda _: None)
+summary = predict_top_k(run, k=3, output={str(tmp_path / "top3.jsonl")!r}, echo=lambda _: None)
+assert summary.written == summary.users > 0
+print("loaded:", sorted(m for m in {TRAINING_MODULES!r} if m in sys.modules))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded: []" in done.stdout, done.stdout
+
+
+def test_a_run_passed_to_serving_still_works_with_a_deprecation_warning(trained, tmp_path):
+    old_style = Run(load_config(trained / "config.yaml"), trained, read_only=True, echo=print)
+    with pytest.warns(DeprecationWarning, match="TrainedRun"):
+        old = predict_top_k(old_style, k=3, output=tmp_path / "old.jsonl", echo=lambda _: None)
+    new = predict_top_k(stored(trained), k=3, output=tmp_path / "new.jsonl", echo=lambda _: None)
+    assert read_predictions(old.path) == read_predictions(new.path)
+
+
+def test_a_trained_run_is_refused_when_its_training_does_not_match(trained):
+    with pytest.raises(RunError, match="only evaluates or serves") as caught:
+        TrainedRun.load(trained, ["train.lr=0.5"], echo=lambda _: None)
+    assert "train.lr: 0.003 -> 0.5" in str(caught.value)
+    unfinished = trained.parent / "unfinished"
+    shutil.copytree(trained, unfinished)
+    shutil.rmtree(unfinished / "adapter")
+    with pytest.raises(RunError, match="trained adapter does not match"):
+        _ = TrainedRun.load(unfinished, echo=lambda _: None).model
+    with pytest.raises(RunError, match="no config.yaml"):
+        TrainedRun.load(trained / "adapter")
 
 
 def test_predict_writes_every_user_once_and_a_killed_predict_resumes(

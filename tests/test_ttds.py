@@ -205,14 +205,14 @@ def _fit(run_dir: Path, *overrides: str, callbacks=()) -> Run:
 def test_joint_training_changes_the_codes_and_the_trie_follows(tmp_path):
     checker = TrieMatchesCodes(None)
     run = Run(load_config(TTDS_TINY), tmp_path / "r", echo=lambda _: None, callbacks=[checker])
-    original = run.build_model
+    original = run.model_stage.build_model
 
     def build_model():
         built = original()
         checker.hf_tokenizer = built[1]
         return built
 
-    run.build_model = build_model
+    run.model_stage.build_model = build_model
     metrics = run.fit()
     assert checker.checked > 0
     refreshes = run.tokenizer.stats()["fit"]["refreshes"]

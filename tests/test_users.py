@@ -212,7 +212,7 @@ def test_a_run_with_user_sids(tmp_path):
     model, hf_tokenizer, _ = run.build_model()
     for token in users.token_strings():
         assert hf_tokenizer.convert_tokens_to_ids(token) != hf_tokenizer.unk_token_id
-    trie = run.user_trie(hf_tokenizer)
+    trie = run.tokenizers.user_trie(hf_tokenizer)
     prompt = hf_tokenizer(["The user is"], return_tensors="pt")
     result = ConstrainedBeamSearch(num_beams=5).search(
         model, trie, prompt["input_ids"], prompt["attention_mask"], 5

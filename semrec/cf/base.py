@@ -26,7 +26,6 @@ them to reuse a fit).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import inspect
@@ -34,7 +33,7 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from torch.nn import functional as F
 from semrec.artifacts import atomic_dir, read_json, write_json
 from semrec.data.split import Example, Split
 from semrec.metrics.ranking import TopKRankingMetrics
+from semrec.seeding import seeded
 
 PADDING = 0
 """Row of the padding item in every network's embedding table; item ``i`` is row ``i + 1``."""
@@ -113,28 +113,6 @@ def pad_histories(
             items[row, : len(history)] = torch.as_tensor(history, dtype=torch.long) + 1
     lengths = torch.tensor([max(1, len(history)) for history in kept], dtype=torch.long)
     return items, lengths
-
-
-@contextlib.contextmanager
-def _training_environment(seed: int, num_threads: int | None) -> Iterator[torch.Generator]:
-    """Seeded, deterministic torch for one fit; every global setting is restored afterwards.
-
-    Yields the generator that orders the training examples; dropout and initialisation
-    draw from the global generator, seeded here inside ``fork_rng``.
-    """
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            if num_threads is not None:
-                torch.set_num_threads(num_threads)
-            yield torch.Generator().manual_seed(seed)
-    finally:
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.set_num_threads(threads)
 
 
 class SequentialRecommender(ABC):
@@ -271,7 +249,7 @@ class SequentialRecommender(ABC):
         self.history_length = self.history_length_for(split)
         self.num_items = split.num_items
         start = time.perf_counter()
-        with _training_environment(self.seed, self.num_threads) as generator:
+        with seeded(self.seed, deterministic=True, num_threads=self.num_threads) as generator:
             self.network = self.build_network(split.num_items, self.history_length)
             self._train(split, generator)
         self.fit_seconds = time.perf_counter() - start

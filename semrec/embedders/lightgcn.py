@@ -31,6 +31,7 @@ from torch import nn
 from semrec.data.dataset import RecDataset
 from semrec.data.split import Split, sequences_from_examples
 from semrec.embedders.base import ITEM_EMBEDDERS, ItemEmbedder
+from semrec.seeding import seeded
 
 
 def interaction_pairs(split: Split) -> np.ndarray:
@@ -138,8 +139,7 @@ class LightGCNEmbedder(ItemEmbedder):
             raise ValueError(f"split.train has no interactions ({len(split.train)} examples)")
         num_users, num_items = split.num_users, split.num_items
         adjacency = normalized_adjacency(pairs, num_users, num_items)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             model = LightGCN(num_users, num_items, self.dim, self.layers)
             self.history = self._train(model, adjacency, pairs, num_items)
             with torch.no_grad():

@@ -105,7 +105,7 @@ def report_notes(
             f"(eval.max_test_users={ev.max_test_users}); standard error of "
             f"HR@10 ~ {hr_stderr(metrics.get('test/hr@10', 0.0), n_test):.3f}"
         )
-    if config.needs_candidates() and "candidates" in TASKS.get(ev.task).requires:
+    if "candidates" in TASKS.get(ev.task).requires:
         protocol = (
             f"ranking: the {config.candidates.k} candidates of the {config.candidates.retriever}"
             " retriever, scored by their letter logits (verbalizer); a target the retriever "

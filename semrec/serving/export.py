@@ -39,6 +39,7 @@ from semrec.artifacts import atomic_dir, read_json, write_json
 from semrec.config import ExperimentConfig
 from semrec.data.split import Example
 from semrec.decoding.trie import PAD
+from semrec.pipeline.trained import TrainedRun, as_trained_run
 from semrec.serving.recommender import (
     CATALOGUE,
     EXPORT_FORMAT,
@@ -143,25 +144,25 @@ def _publish(staged: Path, out: Path) -> None:
 
 
 def export_run(
-    run,
+    run: TrainedRun,
     out: str | Path,
     *,
     merge: bool = False,
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
 ) -> ExportSummary:
-    """Export the trained ``run`` (a read-only :class:`~semrec.pipeline.Run`) into ``out``
+    """Export the trained ``run`` (:class:`~semrec.pipeline.trained.TrainedRun`) into ``out``
     (``overwrite``: replace an earlier export there; see the module docs)."""
+    run = as_trained_run(run)
     from semrec.models.backbone import describe
 
     config = run.config
     check_exportable(config, merge=merge)
     out = Path(out)
     check_target(out, overwrite)
-    module, datamodule, hf_tokenizer = run.train(allow_training=False)
-    model = module.model
+    model, datamodule, hf_tokenizer = run.model, run.datamodule, run.hf_tokenizer
     item_ids, _ = run.catalogue()
-    trie = run.trie(hf_tokenizer, include_added=True)
+    trie = run.trie(include_added=True)
     token_ids = [[t for t in row if t != PAD] for row in trie.sequences.tolist()]
     sid_tokens = [hf_tokenizer.convert_ids_to_tokens(ids) for ids in token_ids]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -201,7 +202,9 @@ def _semrec_version() -> str:
         return "unknown"
 
 
-def _manifest(run, backbone: dict[str, Any], num_items: int, prefix: list[int]) -> dict[str, Any]:
+def _manifest(
+    run: TrainedRun, backbone: dict[str, Any], num_items: int, prefix: list[int]
+) -> dict[str, Any]:
     config = run.config
     model_cfg = config.model
     prompt: dict[str, Any] = {

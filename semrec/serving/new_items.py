@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,6 +34,9 @@ from semrec.data.dataset import DataError
 from semrec.run_directory import ADDED_ITEMS_FILE, added_items
 from semrec.tokenizers.base import SIDConflictWarning
 from semrec.tokenizers.collisions import PAD, collision_groups, reassign_last_level
+
+if TYPE_CHECKING:
+    from semrec.pipeline.trained import TrainedRun
 
 
 def read_new_items(path: str | Path, existing_ids: set[str]) -> list[dict[str, Any]]:
@@ -106,7 +109,7 @@ def assign_new_codes(existing: torch.Tensor, new: torch.Tensor, last_size: int, 
     return resolved[existing.shape[0] :]
 
 
-def add_items(run, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
+def add_items(run: TrainedRun, items_path: str | Path, echo=print) -> list[dict[str, Any]]:
     """Give the items of ``items_path`` SIDs in a trained ``run``; returns the added records."""
     from semrec.factories.data import new_item_texts
 

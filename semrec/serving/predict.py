@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from semrec.artifacts import content_hash
 from semrec.data.split import Example
 from semrec.distributed import shard
+from semrec.pipeline.trained import TrainedRun, as_trained_run
 from semrec.serving.precache import (
     PredictionError,
     PredictionWriter,
@@ -71,7 +72,7 @@ def resolve_users(user_ids: Sequence[str], requested: Sequence[str] | None) -> l
 
 
 def predict_top_k(
-    run,
+    run: TrainedRun,
     *,
     k: int = 10,
     users: Sequence[str] | None = None,
@@ -88,6 +89,7 @@ def predict_top_k(
     the module docstring); :func:`merge_shards` joins the n files. ``device``: where the
     model decodes (default: where it was loaded, the CPU).
     """
+    run = as_trained_run(run)
     from semrec.factories.decoding import beam_search
 
     if k < 1 or batch_size < 1:
@@ -96,17 +98,17 @@ def predict_top_k(
     item_ids, codes = run.catalogue()
     if k > len(item_ids):
         raise ValueError(f"--k {k} is more than the {len(item_ids)} items of the catalogue")
-    module, datamodule, hf_tokenizer = run.train(allow_training=False)
+    model, prompts = run.model, run.prompts
     if device is not None:
-        module.model.to(device)
-    device = next(module.model.parameters()).device
-    trie = run.trie(hf_tokenizer, include_added=True)
+        model.to(device)
+    device = next(model.parameters()).device
+    trie = run.trie(include_added=True)
     cfg = run.config.eval
     num_beams = max(k, cfg.num_beams)
 
     def search(beams: int, inputs: dict, exclude: torch.Tensor | None):
         return beam_search(cfg, beams).search(
-            module.model,
+            model,
             trie,
             inputs["input_ids"],
             inputs["attention_mask"],
@@ -137,7 +139,7 @@ def predict_top_k(
             batch_users = [index[user] for user in pending[offset : offset + batch_size]]
             histories = [tuple(int(i) for i in sequences[u][-max_history:]) for u in batch_users]
             examples = [Example(u, h, h[-1]) for u, h in zip(batch_users, histories)]
-            inputs = datamodule.training.collate_prompts(datamodule.training.eval_prompts(examples))
+            inputs = prompts.collate_prompts(prompts.eval_prompts(examples))
             inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
             exclude = _seen(sequences, batch_users) if exclude_seen else None
             with torch.no_grad():
@@ -167,12 +169,12 @@ def predict_top_k(
     return summary
 
 
-def prediction_path(run, k: int, output: str | Path | None) -> Path:
+def prediction_path(run: TrainedRun, k: int, output: str | Path | None) -> Path:
     """The JSONL file of a predict: ``output``, or ``<run>/predictions/top<k>.jsonl``."""
     return Path(output) if output is not None else run.run_dir / "predictions" / f"top{k}.jsonl"
 
 
-def prediction_meta(run, k: int, exclude_seen: bool) -> dict:
+def prediction_meta(run: TrainedRun, k: int, exclude_seen: bool) -> dict:
     """What a prediction file was made by (its ``.meta.json``); a file is only continued or
     merged for the same."""
     item_ids, codes = run.catalogue()
@@ -187,7 +189,7 @@ def prediction_meta(run, k: int, exclude_seen: bool) -> dict:
     }
 
 
-def requested_users(run, users: Sequence[str] | None) -> list[str]:
+def requested_users(run: TrainedRun, users: Sequence[str] | None) -> list[str]:
     """The external ids a predict covers, in order: ``users`` (None: all) that have a history."""
     dataset = run.data.dataset
     sequences = dataset.sequences()
@@ -196,7 +198,7 @@ def requested_users(run, users: Sequence[str] | None) -> list[str]:
 
 
 def predict_in_workers(
-    run,
+    run: TrainedRun,
     workers: int,
     worker_command: Callable[[int, int, int], list[str]],
     *,
@@ -236,7 +238,7 @@ def predict_in_workers(
 
 
 def merge_predictions(
-    run,
+    run: TrainedRun,
     shards: int,
     *,
     k: int,

@@ -10,6 +10,7 @@ from semrec.tasks.base import (
     TaskContext,
     TaskDataError,
     build_mixture,
+    ranks_candidates,
 )
 from semrec.tasks.high_order import CommentTask, NextUserTask
 from semrec.tasks.intention import HistoryIntentionToItemTask, IntentionToItemTask, PreferenceTask
@@ -54,4 +55,5 @@ __all__ = [
     "TitleHistoryTask",
     "TokenToSemanticTask",
     "build_mixture",
+    "ranks_candidates",
 ]

@@ -22,6 +22,13 @@ from semrec.data.split import Example, Split
 from semrec.registry import Registry
 
 TASKS: Registry[type[Task]] = Registry("task")
+
+
+def ranks_candidates(task_names) -> bool:
+    """Whether one of the named tasks ranks retrieved candidates (needs a retriever)."""
+    return any("candidates" in TASKS.get(name).requires for name in task_names)
+
+
 T = TypeVar("T")
 
 

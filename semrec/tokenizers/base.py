@@ -40,6 +40,7 @@ from semrec.tokenizers.collisions import (
     collision_rate,
     conflicts_with,
     is_prefix_free,
+    resolve_collisions,
     sid_lengths,
 )
 
@@ -113,6 +114,36 @@ class ItemTokenizer(abc.ABC):
         return False
 
     # -------------------------------------------------------------------- fitting
+    def _resolved(
+        self,
+        raw: torch.Tensor,
+        codebook_sizes: Sequence[int],
+        *,
+        seed: int,
+        priority: torch.Tensor | None,
+        info: dict[str, Any],
+        suffix_all: bool = False,
+    ) -> FittedCodes:
+        """The shared end of a fit: the raw codes' collisions resolved by this tokenizer's
+        ``collision`` strategy and ``on_overflow`` policy (the item with the lowest
+        ``priority`` keeps a contested code), as :class:`FittedCodes`."""
+        codes, sizes, resolution = resolve_collisions(
+            raw,
+            list(codebook_sizes),
+            self.collision,
+            seed=seed,
+            priority=priority,
+            on_overflow=self.on_overflow,
+            suffix_all=suffix_all,
+        )
+        return FittedCodes(
+            codes=codes,
+            codebook_sizes=sizes,
+            codes_before_resolution=raw,
+            resolution=resolution,
+            info=info,
+        )
+
     def fit(self, embeddings: torch.Tensor, seed: int | None = None) -> None:
         """Learn SIDs for ``embeddings`` [n_items, d] (row i = item i)."""
         fitted = self._fit(_check_embeddings(embeddings, self.input_ndims), seed)

@@ -54,7 +54,6 @@ from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCod
 from semrec.tokenizers.collisions import (
     COLLISION_STRATEGIES,
     OVERFLOW_POLICIES,
-    resolve_collisions,
 )
 from semrec.tokenizers.distances import row_distances
 from semrec.tokenizers.quantizer import (
@@ -372,20 +371,12 @@ class BehaviorCodebookTokenizer(ItemTokenizer):
         )
         model = training.model.eval()
         raw, behaviour = model.encode(embeddings)
-        codes, sizes, resolution = resolve_collisions(
+        final = training.history[-1]
+        return self._resolved(
             raw,
             sizes,
-            self.collision,
             seed=seed,
             priority=behaviour,
-            on_overflow=self.on_overflow,
-        )
-        final = training.history[-1]
-        return FittedCodes(
-            codes=codes,
-            codebook_sizes=sizes,
-            codes_before_resolution=raw,
-            resolution=resolution,
             info={
                 "seed": seed,
                 "input_dim": embeddings.shape[1],

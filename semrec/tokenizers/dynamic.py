@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from semrec.seeding import seeded
 from semrec.tokenizers.base import FittedCodes, ItemTokenizer
 from semrec.tokenizers.collisions import PAD, append_suffix_level, collision_groups, collision_rate
 
@@ -101,12 +102,10 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
         inputs, when the inputs come from elsewhere (another encoder) and differ in width.
         """
         inputs = _check_inputs(inputs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             self._build(inputs.shape[1], reader_dim if reader_dim != inputs.shape[1] else None)
         self.inputs = inputs
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             self._initialize()
         self.refreshes = []
         changed = self.refresh_codes(step=0)

@@ -28,7 +28,6 @@ from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCod
 from semrec.tokenizers.collisions import (
     COLLISION_STRATEGIES,
     OVERFLOW_POLICIES,
-    resolve_collisions,
 )
 from semrec.tokenizers.quantizer import ResidualQuantizer, codebook_sizes_per_level
 
@@ -202,14 +201,19 @@ class RQKMeansTokenizer(ItemTokenizer):
             for level in range(self.quantizer.levels)
         ]
         try:
-            codes, sizes, resolution = resolve_collisions(
+            return self._resolved(
                 raw,
-                list(self.quantizer.codebook_sizes),
-                self.collision,
+                self.quantizer.codebook_sizes,
                 seed=seed,
                 priority=error,
-                on_overflow=self.on_overflow,
                 suffix_all=self.suffix_all,
+                info={
+                    "seed": seed,
+                    "input_dim": embeddings.shape[1],
+                    "quantized_dim": x.shape[1],
+                    "mean_squared_norm": float(x.pow(2).sum(dim=1).mean()),
+                    "mse_per_level": mse_per_level,
+                },
             )
         except ValueError as err:
             raise ValueError(
@@ -217,19 +221,6 @@ class RQKMeansTokenizer(ItemTokenizer):
                 "with rqkmeans, on_overflow='suffix' gives the remaining colliders an extra "
                 "suffix level"
             ) from None
-        return FittedCodes(
-            codes=codes,
-            codebook_sizes=sizes,
-            codes_before_resolution=raw,
-            resolution=resolution,
-            info={
-                "seed": seed,
-                "input_dim": embeddings.shape[1],
-                "quantized_dim": x.shape[1],
-                "mean_squared_norm": float(x.pow(2).sum(dim=1).mean()),
-                "mse_per_level": mse_per_level,
-            },
-        )
 
     def _check_capacity(self, n_items: int) -> None:
         """Fail before k-means when reassignment cannot give every item its own SID."""

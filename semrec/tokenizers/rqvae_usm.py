@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from semrec.seeding import seeded
 from semrec.tokenizers.base import DEFAULT_LEVEL_PREFIXES, TOKENIZERS, FittedCodes, ItemTokenizer
 from semrec.tokenizers.collisions import PAD, append_suffix_level, collision_groups
 from semrec.tokenizers.quantizer import codebook_sizes_per_level
@@ -145,8 +146,7 @@ class RQVAEUSMTokenizer(ItemTokenizer):
         seed = self.seed if seed is None else seed
         sizes = list(self.codebook_sizes_config)
         check_capacity(sizes, embeddings.shape[0], "rqvae_usm")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.model = self._new_model(embeddings.shape[1])
         history = train_rqvae(
             self.model,

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from semrec.seeding import seeded
 from semrec.tokenizers.base import DEFAULT_USER_PREFIXES, TOKENIZERS, FittedCodes
-from semrec.tokenizers.collisions import COLLISION_STRATEGIES, OVERFLOW_POLICIES, resolve_collisions
+from semrec.tokenizers.collisions import COLLISION_STRATEGIES, OVERFLOW_POLICIES
 from semrec.tokenizers.rqvae import LCREC_HIDDEN_LAYERS, RQVAE, train_rqvae
 from semrec.tokenizers.rqvae_usm import RQVAEUSMTokenizer, check_capacity
 
@@ -135,8 +136,7 @@ class ULMRecUserTokenizer(RQVAEUSMTokenizer):
         sizes = list(self.codebook_sizes_config)
         check_capacity(sizes, embeddings.shape[0], "ulmrec_user")
         input_dim = embeddings.shape[-1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.model = self._new_model(input_dim)
         history = train_rqvae(
             self.model,
@@ -151,19 +151,11 @@ class ULMRecUserTokenizer(RQVAEUSMTokenizer):
             log_dir=self.log_dir,
         )
         raw, last_distances = self.model.argmin_codes(embeddings)
-        codes, sizes, resolution = resolve_collisions(
+        return self._resolved(
             raw,
             sizes,
-            self.collision,
             seed=seed,
             priority=last_distances.min(dim=1).values,
-            on_overflow=self.on_overflow,
-        )
-        return FittedCodes(
-            codes=codes,
-            codebook_sizes=sizes,
-            codes_before_resolution=raw,
-            resolution=resolution,
             info={
                 "seed": seed,
                 "input_dim": input_dim,

@@ -1,0 +1,134 @@
+"""The model stage of a run: the LLM with its SID tokens, the prompts it reads, and the
+fingerprint of what trains it. Training and serving both build their model here."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from semrec.artifacts import content_hash
+from semrec.config import TRAINING_KEYS
+from semrec.config import config_section as section
+from semrec.factories import prompts
+from semrec.factories.candidates import verbalizer
+from semrec.factories.model import build_model, prompt_formatter
+from semrec.pipeline.annotations import AnnotationStage
+from semrec.pipeline.context import RunContext
+from semrec.pipeline.data import DataStage
+from semrec.pipeline.tokenizers import TokenizerStage
+from semrec.prompts.datamodule import GenRecDataModule
+from semrec.prompts.sid_placeholders import ResolvingEncoder, SIDPlaceholders
+from semrec.tasks import TaskContext
+
+
+class ModelStage:
+    """Builds the backbone + SID tokens + LoRA and the prompts of every task (see the module docstring)."""
+
+    def __init__(
+        self,
+        context: RunContext,
+        data: DataStage,
+        tokenizers: TokenizerStage,
+        annotations: AnnotationStage,
+    ) -> None:
+        self.context = context
+        self.inputs = data
+        self.tokenizers = tokenizers
+        self.annotations = annotations
+
+    def build_model(self):
+        """Backbone + SID tokens + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
+        config, tokenizers = self.context.config, self.tokenizers
+        with self.context.timed("load_model"):
+            return build_model(
+                config.model,
+                tokenizers.tokenizer,
+                seed=config.seed,
+                user_tokenizer=tokenizers.user_tokenizer,
+                token_semantics=self.annotations.token_semantics,
+                item_texts=self.inputs.data.item_texts,
+                echo=self.context.echo,
+            )
+
+    @cached_property
+    def task_context(self) -> TaskContext:
+        """What the tasks read: data, SID tables of items and users, annotations, candidates."""
+        data, tokenizer, users = self.inputs.data, self.tokenizers.tokenizer, None
+        placeholders = self.placeholders
+        if placeholders is not None:
+            sids, user_sids = placeholders.item_sids(), placeholders.user_sids()
+        else:
+            sids = tokenizer.sid_strings()
+            users = self.tokenizers.user_tokenizer
+            user_sids = None if users is None else users.sid_strings()
+        return TaskContext(
+            data.dataset,
+            data.split,
+            sids,
+            data.item_texts,
+            annotations=self.annotations.annotations,
+            level_tokens=tokenizer.level_token_strings(),
+            token_semantics=self.annotations.token_semantics,
+            user_sids=user_sids,
+            candidates=self.inputs.candidates,
+        )
+
+    @cached_property
+    def placeholders(self) -> SIDPlaceholders | None:
+        """With dynamic tokenizers, tasks name items and users by placeholder (resolved when
+        batched); None otherwise."""
+        if not self.tokenizers.dynamic_tokenizers:
+            return None
+        return SIDPlaceholders(self.tokenizers.tokenizer, self.tokenizers.user_tokenizer)
+
+    def formatter(self, hf_tokenizer):
+        """The prompt formatter, resolving SID placeholders in a dynamic run."""
+        formatter = prompt_formatter(self.context.config.model, hf_tokenizer)
+        if self.placeholders is None:
+            return formatter
+        return ResolvingEncoder(formatter, self.placeholders)
+
+    def datamodule(self, hf_tokenizer) -> GenRecDataModule:
+        """The training windows or task pairs, and the evaluation prompts, batched."""
+        config, split = self.context.config, self.inputs.data.split
+        if config.model.prompt_format == "compact":
+            source = prompts.compact_sequences(
+                config, split, self.tokenizers.tokenizer, hf_tokenizer, self.inputs.data.item_texts
+            )
+        else:
+            source = prompts.task_pairs(
+                config,
+                self.task_context,
+                self.annotations.tasks,
+                prompt_formatter(config.model, hf_tokenizer),
+                self.context.echo,
+                placeholders=self.placeholders,
+            )
+        return prompts.build_datamodule(config, split, source)
+
+    def candidate_ranker(self, hf_tokenizer):
+        """The verbalizer of a candidate-ranking run (None when the whole catalogue is ranked)."""
+        candidates = self.inputs.candidates
+        if candidates is None:
+            return None
+        formatter = prompt_formatter(self.context.config.model, hf_tokenizer)
+        return verbalizer(self.context.config, formatter, candidates.k)
+
+    def train_fingerprint(self) -> str:
+        """Hash of everything that determines the trained model (its config keys and texts)."""
+        semantics = self.annotations.token_semantics or {}
+        return content_hash(
+            "train",
+            section(self.context.stage_config, TRAINING_KEYS),
+            # the texts tasks and SA-Init read: new annotations mean a new model
+            self.annotations.annotations,
+            {t: [s.description, list(s.keywords)] for t, s in semantics.items()},
+        )
+
+    def finished_adapter(self) -> Path | None:
+        """``run_dir/adapter`` when a training with this fingerprint finished there, else None."""
+        directory = self.context.directory
+        adapter = self.context.run_dir / "adapter"
+        if directory.stage_done("train", self.train_fingerprint()) and adapter.exists():
+            return adapter
+        return None

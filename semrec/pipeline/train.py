@@ -1,0 +1,180 @@
+"""The training stage of a run: fine-tune (or reuse) the adapter, with resume and refusals."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from semrec.artifacts import atomic_dir, write_json
+from semrec.config import TRAINING_KEYS
+from semrec.errors import RunError
+from semrec.factories import decoding, joint, training
+from semrec.known_warnings import hide_known_warnings
+from semrec.pipeline.context import RunContext
+from semrec.pipeline.model import ModelStage
+from semrec.pipeline.tokenizers import TokenizerStage
+
+JOINT_ON_PROCESSES = (
+    "a tokenizer trained with the LLM ({}) on more than one process: each would refresh its "
+    "own codes; train it on one device (train.devices: 1, train.num_nodes: 1)"
+)
+
+
+class TrainStage:
+    """Trains the model of :class:`~semrec.pipeline.model.ModelStage` into ``run_dir/adapter``.
+
+    ``callbacks`` are extra Lightning callbacks for the training Trainer.
+    """
+
+    def __init__(
+        self,
+        context: RunContext,
+        tokenizers: TokenizerStage,
+        model: ModelStage,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.context = context
+        self.tokenizers = tokenizers
+        self.model = model
+        self.callbacks = list(callbacks)
+
+    def check_replaces_no_model(self) -> None:
+        """Refuse to retrain over a finished training of another config (before any stage)."""
+        directory = self.context.directory
+        if "train" not in directory.stages() or not directory.config_file.is_file():
+            return
+        directory.stored_config(
+            self.context.config,
+            TRAINING_KEYS,
+            refusal=f"{self.context.run_dir} holds a model trained with another config, which "
+            "this fit would retrain and replace; nothing was changed. The keys that differ",
+            advice="pass --overwrite (Run.fit(overwrite=True)) to retrain and replace it, or "
+            "use another --run-dir",
+        )
+
+    def check_resumable(self) -> Path:
+        """The newest full checkpoint to resume from; refuses if the training config changed."""
+        directory = self.context.directory
+        checkpoint = directory.latest_checkpoint()
+        directory.stored_config(
+            self.context.config,
+            TRAINING_KEYS,
+            refusal=f"--resume: the config differs from the one {self.context.run_dir} was "
+            "trained with, in keys that change training",
+            advice=f"resume with the stored config (semrec fit --config "
+            f"{directory.config_file} --resume) or start a new run",
+        )
+        return checkpoint
+
+    def train(self, allow_training: bool = True, resume_from: Path | None = None):
+        """Train (or reuse) the adapter; returns (module, datamodule, hf_tokenizer).
+
+        With ``allow_training=False`` (``semrec test``) a missing or stale adapter is an error.
+        ``resume_from`` (a full checkpoint) continues an interrupted training.
+        """
+        from semrec.models.checkpoint import (
+            BestAdapterCheckpoint,
+            load_trained_tokenizers,
+            load_trained_weights,
+        )
+
+        context, cfg, stage = self.context, self.context.config, self.model
+        dynamic = self.tokenizers.dynamic_tokenizers
+        if dynamic and training.multi_process(cfg.train):
+            raise NotImplementedError(JOINT_ON_PROCESSES.format(", ".join(dynamic)))
+        model, hf_tokenizer, sid_ids = stage.build_model()
+        joint_trainer = self.tokenizers.prepare_joint(model, hf_tokenizer)
+        adapter_dir = context.run_dir / "adapter"
+        fingerprint = stage.train_fingerprint()
+        reuse = stage.finished_adapter() is not None
+        if reuse:
+            load_trained_tokenizers(dynamic, adapter_dir)
+        datamodule = stage.datamodule(hf_tokenizer)
+        exact = decoding.exact_ranker(cfg.eval, self.tokenizers.inputs.data.dataset.num_items)
+        module = training.build_module(
+            cfg,
+            model,
+            decoding.beam_search(cfg.eval),
+            self.tokenizers.trie(hf_tokenizer),
+            exact,
+            stage.candidate_ranker(hf_tokenizer),
+            joint=joint_trainer,
+            trie_builder=joint.trie_builder(self.tokenizers.tokenizer, hf_tokenizer),
+            batch_encoder=getattr(datamodule.training, "encode_pending", None),
+            sid_token_ids=sid_ids,
+        )
+        if reuse:
+            context.directory.check_vocabulary(hf_tokenizer)
+            load_trained_weights(model, adapter_dir)
+            context.echo(f"[train] reused {adapter_dir}")
+            return module, datamodule, hf_tokenizer
+        if not allow_training:
+            raise RunError(
+                f"{context.run_dir}: the trained adapter does not match this config (a key "
+                "that affects training was overridden, or training never finished); run "
+                "`semrec fit`"
+            )
+        checkpoints = context.directory.checkpoints
+        if context.rank_zero:
+            if resume_from is None and checkpoints.exists():
+                shutil.rmtree(checkpoints)  # a new training: old checkpoints are another's
+            context.write_config()
+            with atomic_dir(context.run_dir / "hf_tokenizer") as tmp:
+                hf_tokenizer.save_pretrained(tmp)
+        if cfg.train.epochs == 0 or cfg.train.max_steps == 0:
+            if context.rank_zero:
+                BestAdapterCheckpoint(adapter_dir, None, dynamic).save(model)
+                context.directory.mark_stage("train", fingerprint)
+            context.echo("[train] skipped (train.epochs: 0): evaluating the untrained model")
+            return module, datamodule, hf_tokenizer
+
+        capped = cfg.train.max_train_samples
+        context.echo(
+            f"[train] {datamodule.training.examples_per_epoch(0)} training examples per epoch"
+            + (f" (capped by train.max_train_samples={capped})" if capped else "")
+            + f", {cfg.train.epochs} epoch(s), batch {cfg.train.batch_size}, precision "
+            f"{training.resolve_precision(cfg.train)}, validation on "
+            f"{len(datamodule.valid_examples)} users"
+        )
+        if resume_from is not None:
+            context.echo(f"[train] resuming from {resume_from}")
+        best = BestAdapterCheckpoint(adapter_dir, training.monitored_metric(cfg), dynamic)
+        callbacks = training.fit_callbacks(cfg, best, checkpoints, context.echo, self.callbacks)
+        trainer = training.fit_trainer(cfg, context.run_dir, callbacks)
+        if joint_trainer is not None and trainer.world_size > 1:  # e.g. devices: auto
+            raise NotImplementedError(JOINT_ON_PROCESSES.format(", ".join(dynamic)))
+        with context.timed("train"), hide_known_warnings():
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(resume_from) if resume_from is not None else None,
+            )
+        if context.rank_zero:
+            self.plot_training_curves()
+            if not best.saved:
+                best.save(model)  # no validation ran: keep the final weights
+            if best.best_metrics is not None:
+                write_json(context.run_dir / "valid_metrics.json", best.best_metrics)
+            context.directory.mark_stage("train", fingerprint)
+        # every process evaluates the weights rank zero saved
+        trainer.strategy.barrier("semrec: adapter saved")
+        load_trained_weights(model, adapter_dir)
+        load_trained_tokenizers(dynamic, adapter_dir)
+        return module, datamodule, hf_tokenizer
+
+    def plot_training_curves(self) -> None:
+        """``training_curves.png`` beside the logs: training loss and validation metrics."""
+        from semrec.evaluation.diagnostics import plot_training_curves
+
+        run_dir = self.context.run_dir
+        try:
+            path = plot_training_curves(
+                run_dir / "logs", run_dir / "training_curves.png", self.context.config.name
+            )
+        except FileNotFoundError as err:
+            self.context.echo(f"[train] no training curves: {err}")
+            return
+        if path is not None:
+            self.context.echo(f"[train] training curves: {path}")
