@@ -50,7 +50,8 @@ def test_the_initial_codes_are_unique_with_the_suffix_and_the_vocabulary_is_fixe
 
 
 def test_a_refresh_reports_the_changed_rows_and_refuses_an_overflowing_suffix():
-    tok = tower(suffix_size=2)
+    # without the codebook upkeep before a refresh, so that the collapse planted below stays
+    tok = tower(suffix_size=2, lloyd_iters=0, reseed_dead_codes=False)
     tok.initialize(clustered(n=10))
     before = tok.codes.clone()
     assert tok.refresh_codes(step=1).numel() == 0  # nothing moved
@@ -66,6 +67,7 @@ def test_a_refresh_reports_the_changed_rows_and_refuses_an_overflowing_suffix():
         "accepted": False,
         "changed_fraction": 0.0,
         "changed_by_level": None,
+        "static_collision_rate": tok.static_collision_rate(),
     }
 
 
@@ -86,7 +88,7 @@ def test_save_and_load_restore_parameters_inputs_and_codes(tmp_path):
     assert torch.equal(copy.codes, tok.codes) and copy.refreshes == tok.refreshes
 
 
-def test_l_id_gradient_reaches_the_tokenizer_and_the_lora_weights():
+def test_l_id_gradient_reaches_the_lora_weights_and_not_the_tower():
     hf = tiny_tokenizer()
     model = tiny_llama(len(hf), hidden_size=32)
     tok = tower()
@@ -97,8 +99,8 @@ def test_l_id_gradient_reaches_the_tokenizer_and_the_lora_weights():
     parts = tok.loss(torch.arange(16), LLMSIDReader(model, levels))
     parts["id"].backward()
     assert float(parts["id"].detach()) > 0
-    for name, param in [*tok.named_parameters()]:
-        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    for name, param in tok.named_parameters():  # L_ID trains the reader (issue #28)
+        assert param.grad is None or param.grad.abs().sum() == 0, name
     lora = {n: p.grad for n, p in model.named_parameters() if "lora_B" in n}
     assert lora and all(g is not None and g.abs().sum() > 0 for g in lora.values())
 

@@ -103,10 +103,14 @@ def initialize(
         f"collide, largest group {last['largest_group']} > suffix_size "
         f"{tokenizer.suffix_size}: the tower collapsed), so the initial codes stay"
     )
+    static = last.get("static_collision_rate")
+    beside = (
+        "" if static is None else f" (static residual k-means on the same inputs: {static:.2%})"
+    )
     echo(
         f"[tokenize] {entity}: {type(tokenizer).__name__} warmed up for {len(losses)} steps"
         f"{shown}{refused}; collisions {stats['collision_rate_before']:.2%} before the "
-        f"suffix, {stats['collision_rate_after']:.2%} after"
+        f"suffix{beside}, {stats['collision_rate_after']:.2%} after"
     )
 
 

@@ -105,8 +105,9 @@ class JointTokenizerTraining(nn.Module):
             reader = LLMSIDReader(model, self.level_token_ids[name][: len(tokenizer.level_sizes)])
             parts = tokenizer.loss(rows, reader)
             out["total"] = out["total"] + self.schedule.alpha * parts["total"]
-            out[f"{name}_id"] = parts["id"].detach()
-            out[f"{name}_token"] = parts["token"].detach()
+            for part in ("id", "token", "reconstruction"):
+                if part in parts:
+                    out[f"{name}_{part}"] = parts[part].detach()
         return out
 
     def after_step(self, step: int, model: nn.Module) -> dict[str, float]:

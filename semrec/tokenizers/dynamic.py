@@ -90,6 +90,11 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
     def _initialize(self) -> None:
         """Set parameters from the inputs before any training (default: keep the init)."""
 
+    def _before_refresh(self) -> dict[str, Any]:
+        """Run before each refresh derives the codes (e.g. re-seed dead codes); what it
+        returns joins the refresh's record in :meth:`stats`."""
+        return {}
+
     # -------------------------------------------------------------------- life cycle
     @property
     def is_initialized(self) -> bool:
@@ -167,6 +172,7 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
         """
         if self.inputs.shape[0] == 0:
             self._require_initialized()
+        before = self._before_refresh()
         base = self.assign(self.inputs).to(self.code_table.device)
         groups = collision_groups(base)
         largest = max((group.numel() for group in groups), default=1)
@@ -174,6 +180,7 @@ class DynamicTokenizer(ItemTokenizer, nn.Module):
             "step": step,
             "collision_rate_before_suffix": collision_rate(base),
             "largest_group": largest,
+            **before,
         }
         if largest > self.suffix_size:
             record.update(accepted=False, changed_fraction=0.0, changed_by_level=None)

@@ -72,8 +72,13 @@ def kmeans(
     *,
     max_iter: int = 100,
     seed: int | torch.Generator = 0,
+    init: torch.Tensor | None = None,
 ) -> KMeansResult:
-    """Cluster the rows of ``x`` [n, d] into ``k`` clusters (k-means++ then Lloyd)."""
+    """Cluster the rows of ``x`` [n, d] into ``k`` clusters (k-means++ then Lloyd).
+
+    ``init`` [k, d] starts Lloyd from given centroids instead of k-means++ (a warm start:
+    the clusters stay near the ones given).
+    """
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"kmeans() needs a non-empty 2-D tensor, got shape {tuple(x.shape)}")
     if k < 1:
@@ -81,8 +86,15 @@ def kmeans(
     if max_iter < 1:
         raise ValueError(f"kmeans() needs max_iter >= 1, got {max_iter}")
     x = x.float()
-    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
-    centroids = kmeans_plus_plus(x, k, generator)
+    if init is not None:
+        if init.shape != (k, x.shape[1]):
+            raise ValueError(f"kmeans() init must be [{k}, {x.shape[1]}], got {tuple(init.shape)}")
+        centroids = init.detach().float().clone()
+    else:
+        generator = (
+            seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        )
+        centroids = kmeans_plus_plus(x, k, generator)
 
     previous: torch.Tensor | None = None
     converged = False

@@ -24,6 +24,8 @@ Shared by all of them:
   commitment term ``d(r, sg[c])``, summed over levels;
 * :meth:`ResidualQuantizer.init_kmeans`: residual k-means on the inputs (k-means++ then
   Lloyd, :func:`~semrec.tokenizers.kmeans.kmeans`), so no code starts dead;
+* :meth:`ResidualQuantizer.refine`: Lloyd steps from the current codebooks, so they follow
+  a moving encoder (a batch form of the EMA codebook updates of VQ-VAE-2 and SoundStream);
 * :meth:`ResidualQuantizer.reseed_unused_codes`: codes no row uses move onto the rows the
   codebook reconstructs worst (the dead-code replacement of SoundStream and its successors);
 * :meth:`ResidualQuantizer.encode` and :meth:`ResidualQuantizer.decode` without gradients.
@@ -249,6 +251,24 @@ class ResidualQuantizer(nn.Module):
             codes.append(code)
             residual, _ = self._next_residual(residual, codebook[code])
         return torch.stack(codes, dim=1)
+
+    @torch.no_grad()
+    def refine(self, z: torch.Tensor, iterations: int) -> None:
+        """Up to ``iterations`` Lloyd steps per level from the current codebooks on ``z``.
+
+        A warm start: each code moves to the mean of the residuals it is nearest to, so the
+        codebooks follow an encoder that moved since they were set (what the exponential
+        moving averages of VQ-VAE-2 and SoundStream do step by step), and the codes stay
+        near the ones they were. As in k-means, a code no residual chooses moves to the
+        residual farthest from its own code. The steps are L2 Lloyd steps whatever the
+        quantiser's distance.
+        """
+        residual = z.detach().float()
+        for codebook in self.codebooks:
+            result = kmeans(residual, codebook.shape[0], max_iter=iterations, init=codebook)
+            codebook.copy_(result.centroids)
+            code, _ = nearest(residual, codebook, self.distance)
+            residual, _ = self._next_residual(residual, codebook[code])
 
     @torch.no_grad()
     def reseed_unused_codes(self, z: torch.Tensor) -> list[int]:
