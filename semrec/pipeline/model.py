@@ -9,6 +9,7 @@ from pathlib import Path
 from semrec.artifacts import content_hash
 from semrec.config import TRAINING_KEYS
 from semrec.config import config_section as section
+from semrec.errors import RunError
 from semrec.factories import prompts
 from semrec.factories.candidates import verbalizer
 from semrec.factories.model import build_model, prompt_formatter
@@ -125,10 +126,25 @@ class ModelStage:
             {t: [s.description, list(s.keywords)] for t, s in semantics.items()},
         )
 
-    def finished_adapter(self) -> Path | None:
-        """``run_dir/adapter`` when a training with this fingerprint finished there, else None."""
-        directory = self.context.directory
-        adapter = self.context.run_dir / "adapter"
-        if directory.stage_done("train", self.train_fingerprint()) and adapter.exists():
-            return adapter
-        return None
+    def load_trained(self, model, hf_tokenizer, *, required: bool) -> Path | None:
+        """Load the finished training of this fingerprint into ``model`` (and the dynamic
+        tokenizers' trained state); returns ``run_dir/adapter``, or None when no such
+        training finished there (a :class:`~semrec.errors.RunError` when ``required``)."""
+        from semrec.models.checkpoint import load_trained_tokenizers, load_trained_weights
+
+        context = self.context
+        adapter = context.run_dir / "adapter"
+        if not (
+            context.directory.stage_done("train", self.train_fingerprint()) and adapter.exists()
+        ):
+            if required:
+                raise RunError(
+                    f"{context.run_dir}: the trained adapter does not match this config (a key "
+                    "that affects training was overridden, or training never finished); run "
+                    "`semrec fit`"
+                )
+            return None
+        load_trained_tokenizers(self.tokenizers.dynamic_tokenizers, adapter)
+        context.directory.check_vocabulary(hf_tokenizer)
+        load_trained_weights(model, adapter)
+        return adapter

@@ -9,7 +9,6 @@ from typing import Any
 
 from semrec.artifacts import atomic_dir, write_json
 from semrec.config import TRAINING_KEYS
-from semrec.errors import RunError
 from semrec.factories import decoding, joint, training
 from semrec.known_warnings import hide_known_warnings
 from semrec.pipeline.context import RunContext
@@ -88,9 +87,7 @@ class TrainStage:
         joint_trainer = self.tokenizers.prepare_joint(model, hf_tokenizer)
         adapter_dir = context.run_dir / "adapter"
         fingerprint = stage.train_fingerprint()
-        reuse = stage.finished_adapter() is not None
-        if reuse:
-            load_trained_tokenizers(dynamic, adapter_dir)
+        reused = stage.load_trained(model, hf_tokenizer, required=not allow_training)
         datamodule = stage.datamodule(hf_tokenizer)
         exact = decoding.exact_ranker(cfg.eval, self.tokenizers.inputs.data.dataset.num_items)
         module = training.build_module(
@@ -105,17 +102,9 @@ class TrainStage:
             batch_encoder=getattr(datamodule.training, "encode_pending", None),
             sid_token_ids=sid_ids,
         )
-        if reuse:
-            context.directory.check_vocabulary(hf_tokenizer)
-            load_trained_weights(model, adapter_dir)
-            context.echo(f"[train] reused {adapter_dir}")
+        if reused is not None:
+            context.echo(f"[train] reused {reused}")
             return module, datamodule, hf_tokenizer
-        if not allow_training:
-            raise RunError(
-                f"{context.run_dir}: the trained adapter does not match this config (a key "
-                "that affects training was overridden, or training never finished); run "
-                "`semrec fit`"
-            )
         checkpoints = context.directory.checkpoints
         if context.rank_zero:
             if resume_from is None and checkpoints.exists():

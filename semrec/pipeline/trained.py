@@ -55,20 +55,10 @@ class TrainedRun(StagedRun):
 
     @cached_property
     def _loaded(self):
-        from semrec.models.checkpoint import load_trained_tokenizers, load_trained_weights
-
         model, hf_tokenizer, _ = self.model_stage.build_model()
         self.tokenizers.prepare_joint(model, hf_tokenizer)
-        adapter = self.model_stage.finished_adapter()
-        if adapter is None:
-            raise RunError(
-                f"{self.run_dir}: the trained adapter does not match this config (a key that "
-                "affects training was overridden, or training never finished); run `semrec fit`"
-            )
-        load_trained_tokenizers(self.tokenizers.dynamic_tokenizers, adapter)
+        adapter = self.model_stage.load_trained(model, hf_tokenizer, required=True)
         datamodule = self.model_stage.datamodule(hf_tokenizer)
-        self.context.directory.check_vocabulary(hf_tokenizer)
-        load_trained_weights(model, adapter)
         model.eval()
         self.context.echo(f"[load] {adapter}")
         return model, hf_tokenizer, datamodule
