@@ -163,12 +163,17 @@ def run_cells(
     spent: list[float] = []
     for index, cell in enumerate(todo, 1):
         start = time.perf_counter()
-        resume = any((cell.directory / "checkpoints").glob("*.ckpt"))
+        resume = any(
+            any((cell.directory / name).glob("*.ckpt"))
+            for name in ("checkpoints", "post_checkpoints")
+        )
         echo(
             f"[compare] cell {index}/{len(todo)}: {cell.row.label}, seed {cell.seed}"
             + (" (resuming)" if resume else "")
         )
         config = cell.row.config(cell.seed)
+        if not resume:
+            _share_training(cell, config, cells, echo)
         runner(config, cell.directory, resume)
         write_json(
             cell.directory / CELL_FILE,
@@ -181,6 +186,34 @@ def run_cells(
             + (f"; ETA {_duration(left)}" if index < len(todo) else "")
         )
     return cells
+
+
+def _share_training(
+    cell: Cell, config: ExperimentConfig, cells: Sequence[Cell], echo: Callable[[str], None]
+) -> None:
+    """Start a new cell from the finished SFT of a cell of the same seed whose config
+    trains the same model (rows that differ only in ``train.post`` or evaluation keys):
+    its tokenizers and adapter are copied, and only what differs runs."""
+    from semrec.config import TRAINING_KEYS, config_diff
+    from semrec.run_directory import RunDirectory
+
+    target = RunDirectory(cell.directory)
+    if target.stages_file.exists():
+        return
+    for other in cells:
+        if other is cell or other.seed != cell.seed:
+            continue
+        source = RunDirectory(other.directory)
+        if "train" not in source.stages() or not source.config_file.is_file():
+            continue
+        if config_diff(load_config(source.config_file), config, TRAINING_KEYS):
+            continue
+        if target.take_finished_training(source):
+            echo(
+                f"[compare] {cell.row.label}, seed {cell.seed}: starts from the finished "
+                f"training of {other.row.label} (the same SFT config)"
+            )
+            return
 
 
 @dataclass

@@ -34,7 +34,21 @@ __all__ = [
 # 3: the items:/users: config sections (stage fingerprints hash their keys).
 RUN_FORMAT = 3
 CHECKPOINTS = "checkpoints"
-DEPENDENTS = {"tokenizer": ("train",), "user_tokenizer": ("train",), "train": ()}
+DEPENDENTS = {
+    "tokenizer": ("train", "post"),
+    "user_tokenizer": ("train", "post"),
+    "train": ("post",),
+    "post": (),
+}
+#: What the tokenizer and train stages leave in a run directory (a finished SFT).
+TRAINED_FILES = (
+    "tokenizer",
+    "user_tokenizer",
+    "adapter",
+    "hf_tokenizer",
+    "valid_metrics.json",
+    "config.yaml",
+)
 # Items given SIDs after training (``semrec add-items``), which the run's catalogue includes.
 ADDED_ITEMS_FILE = "added_items.json"
 
@@ -169,3 +183,28 @@ class RunDirectory:
                 + "); the backbone or semrec changed since training. Retrain with `semrec fit` "
                 "into a new --run-dir"
             )
+
+    def take_finished_training(self, source: RunDirectory) -> bool:
+        """Start this (new) directory from the finished tokenizers and SFT of ``source``.
+
+        Copies what those stages wrote (``TRAINED_FILES``) and their fingerprints, nothing
+        else: the stages built on them (post-training, the test) run here. The fingerprints
+        are checked again when the stages run, so a copy that does not fit this config is
+        retrained, never misused. Returns False (and copies nothing) when ``source`` has no
+        finished training or this directory already has stages.
+        """
+        import shutil
+
+        finished = source.stages()
+        if "train" not in finished or self.stages_file.exists():
+            return False
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in TRAINED_FILES:
+            origin = source.path / name
+            if origin.is_dir():
+                shutil.copytree(origin, self.path / name)
+            elif origin.is_file():
+                shutil.copy2(origin, self.path / name)
+        kept = {k: v for k, v in finished.items() if k in ("format", *DEPENDENTS) and k != "post"}
+        write_json(self.stages_file, kept)  # last: the copy counts only once it is whole
+        return True

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasks",),
     ("prompts",),
     ("models",),
+    ("posttrain",),
     ("evaluation",),
     # loading a config checks it against the registries of the packages below
     ("config.validation", "config.load"),

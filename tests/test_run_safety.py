@@ -126,9 +126,9 @@ import semrec.factories.training as training
 from semrec.cli import main
 
 class Stall(L.Callback):
-    # blocks the training at a step, after that step's checkpoints were written
+    # blocks one training loop at a step, after that step's checkpoints were written
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == {step}:
+        if type(module).__name__ == {module!r} and trainer.global_step == {step}:
             Path({ready!r}).write_text("stalled")
             time.sleep(600)
 
@@ -151,13 +151,20 @@ def _semrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 @contextlib.contextmanager
 def _stalled_fit(
-    run_dir: Path, env: dict[str, str], ready: Path, config: Path = TINY
+    run_dir: Path,
+    env: dict[str, str],
+    ready: Path,
+    config: Path = TINY,
+    *extra: str,
+    step: int = KILL_AT_STEP,
+    module: str = "GenRecModule",
 ) -> Iterator[subprocess.Popen]:
-    """A ``semrec fit`` process blocked at ``KILL_AT_STEP`` (its checkpoints written, its
-    lock held); killed on leaving the block if it still runs."""
-    script = textwrap.dedent(STALLING_FIT).format(step=KILL_AT_STEP, ready=str(ready))
+    """A ``semrec fit`` process blocked at ``step`` of the loop training ``module`` (SFT's
+    ``GenRecModule``, or ``PostTrainingModule``), its checkpoints written and its lock held;
+    killed on leaving the block if it still runs."""
+    script = textwrap.dedent(STALLING_FIT).format(step=step, ready=str(ready), module=module)
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, *_fit_command(run_dir, config=config)],
+        [sys.executable, "-c", script, *_fit_command(run_dir, *extra, config=config)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -215,6 +222,46 @@ def test_a_killed_training_resumes_to_the_same_result(tmp_path: Path, config: Pa
     refused = _semrec([*_fit_command(killed, config=config), "train.lr=0.01", "--resume"], env)
     assert refused.returncode == 2
     assert "train.lr: 0.003 -> 0.01" in refused.stderr
+
+
+# post-training (train.post) over the run above: 15 prompt batches an epoch; LoRA dropout
+# and the popularity negatives draw from the RNG
+POST_TRAINING = [
+    "train.progress_bar=false",
+    "train.post={method: sdpo, negatives: 2, negative_source: popularity, lr: 0.001, "
+    "batch_size: 16, epochs: 2, val_check_interval: 0.5}",
+]
+
+
+def test_a_killed_post_training_resumes_to_the_same_result(tmp_path: Path) -> None:
+    env = {**os.environ, "SEMREC_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = _semrec(_fit_command(straight, *POST_TRAINING), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    stalled = _stalled_fit(
+        killed,
+        env,
+        tmp_path / "stalled",
+        TINY,
+        *POST_TRAINING,
+        step=10,
+        module="PostTrainingModule",
+    )
+    with stalled as proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (killed / "metrics.json").exists()
+    step_ckpt = torch.load(killed / "post_checkpoints" / "step.ckpt", weights_only=False)
+    assert step_ckpt["global_step"] == 8  # mid-epoch 1 of post-training
+
+    resumed = _semrec([*_fit_command(killed, *POST_TRAINING), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[post] resuming from" in resumed.stdout and "[train] reused" in resumed.stdout
+    assert _metrics(killed) == _metrics(straight)
+    a = load_file(str(straight / "post_adapter" / WEIGHTS_FILE))
+    b = load_file(str(killed / "post_adapter" / WEIGHTS_FILE))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_without_checkpoints_is_refused(tmp_path: Path, capsys) -> None:

@@ -220,6 +220,53 @@ class JointConfig(_Section):
     max_text_tokens: int = Field(128, ge=4)
 
 
+class PostTrainConfig(_Section):
+    """Post-training after supervised fine-tuning (``train.post``), in the same run.
+
+    ``method``: ``grpo`` (group relative policy optimisation over each prompt's
+    ``group_size`` best trie-constrained beams, rewarded by ``reward``: ``exact`` 1 for the
+    target; ``ranking`` MiniOneRec's rank-aware reward; ``collaborative`` the in-framework
+    SASRec's score of the item), ``dpo`` (the target against one negative) or
+    ``sdpo`` (against ``negatives`` at once, softmax DPO). Negatives are the policy's own
+    best beams that are not the target, or items drawn by popularity. ``beta`` is the KL
+    weight of GRPO (MiniOneRec 1e-3) or the temperature of DPO (0.1 in the DPO paper); it
+    defaults per method. Each epoch trains on ``prompts_per_epoch`` training prefixes
+    (null: all), ``batch_size`` prompts a step; validation runs every ``val_check_interval``
+    (of an epoch, as Lightning reads it) and the weights are kept only where validation beats
+    the SFT model's best, so post-training can never leave a worse model than SFT's.
+    """
+
+    method: Literal["grpo", "dpo", "sdpo"] = "grpo"
+    epochs: int = Field(1, ge=0)
+    max_steps: int = Field(-1, ge=-1)
+    prompts_per_epoch: int | None = Field(4096, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    group_size: int = Field(16, ge=2)
+    reward: Literal["exact", "ranking", "collaborative"] = "ranking"
+    beta: float | None = Field(None, ge=0)
+    clip_epsilon: float = Field(0.2, gt=0, lt=1)
+    negatives: int | None = Field(None, ge=1)
+    negative_source: Literal["beams", "popularity"] = "beams"
+    val_check_interval: float | int = 0.25
+    early_stopping_patience: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> PostTrainConfig:
+        if self.beta is None:
+            self.beta = 1e-3 if self.method == "grpo" else 0.1
+        if self.negatives is None:
+            self.negatives = 4 if self.method == "sdpo" else 1
+        if self.method == "dpo" and self.negatives != 1:
+            raise ValueError(
+                f"train.post.negatives: DPO compares the target with one negative, got "
+                f"{self.negatives}; use method: sdpo for several"
+            )
+        return self
+
+
 class TrainConfig(_Section):
     # where a run trains and what it logs, not what it learns: a run may be evaluated (and
     # resumed) on other hardware
@@ -236,7 +283,7 @@ class TrainConfig(_Section):
             "progress_bar",
             "checkpoint_every_n_steps",
         )
-    }
+    } | {"post": "post"}
 
     epochs: int = Field(1, ge=0)
     max_steps: int = Field(-1, ge=-1)
@@ -278,6 +325,8 @@ class TrainConfig(_Section):
     devices: int | list[int] | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     joint: JointConfig = JointConfig()
+    # post-training after SFT (null: none); see PostTrainConfig
+    post: PostTrainConfig | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "user_sids": "the user SIDs, and the model trained on them",
     "sequences": "the users' training sequences: the user SIDs (their embedders read them) and the model",
     "model": "the trained model",
+    "post": "the post-training after SFT (train.post), and the model it leaves",
     "selection": "which checkpoint the validation during fit keeps",
     "runtime": "nothing learned: where a run computes, how fast, what it logs",
     "evaluation": "the test metrics only",
@@ -92,9 +93,13 @@ USER_TOKENIZER_KEYS = keys_of({"data", "sequences", "user_sids"})
 #: Both tokenizers' own keys (a dynamic tokenizer's warm-up adds the model's).
 TOKENIZER_KEYS = keys_of({"data", "item_sids", "user_sids"})
 #: What ``semrec test`` may not change: the tokenizers, the model and its training.
-MODEL_KEYS = keys_of({"data", "item_sids", "user_sids", "sequences", "model"})
-#: Every key that changes the SIDs or the trained weights, checkpoint selection included.
+MODEL_KEYS = keys_of({"data", "item_sids", "user_sids", "sequences", "model", "post"})
+#: Every key that changes the SIDs or the SFT weights, checkpoint selection included.
 TRAINING_KEYS = keys_of({"data", "item_sids", "user_sids", "sequences", "model", "selection"})
+#: The SFT keys and ``train.post``: what the post-trained weights depend on.
+POST_TRAINING_KEYS = keys_of(
+    {"data", "item_sids", "user_sids", "sequences", "model", "selection", "post"}
+)
 
 
 def flatten_config(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -119,6 +124,7 @@ LATE_KEYS = (
     "model.keep_layers",
     "train.softmax",
     "model.semantic_init.source",
+    "train.post",
 )
 
 

@@ -32,6 +32,7 @@ from semrec.tasks import TASKS, ranks_candidates
 from semrec.text.encoders import TEXT_ENCODERS
 from semrec.tokenizers import TOKENIZERS
 from semrec.tokenizers.base import level_prefixes_of
+from semrec.tokenizers.dynamic import DynamicTokenizer
 from semrec.tokenizers.quantizer import codebook_sizes_per_level
 
 
@@ -76,6 +77,7 @@ def check_components(config: ExperimentConfig) -> None:
         )
     _check_beams(config)
     _check_candidates(config)
+    _check_post_training(config)
     try:
         _check_allocations(config)
     except AllocationTooLarge as err:
@@ -264,6 +266,28 @@ def _check_allocations(config: ExperimentConfig) -> None:
             config.train.batch_size * tokens**2 * FP32_BYTES,
             f"the attention mask of a batch of windows (train.batch_size "
             f"{config.train.batch_size} x ({tokens} tokens)^2)",
+        )
+
+
+def _check_post_training(config: ExperimentConfig) -> None:
+    """``train.post`` ranks the whole catalogue by beam search over fixed SIDs."""
+    if config.train.post is None:
+        return
+    if ranks_candidates(config.task_names()):
+        raise ConfigError(
+            "train.post: post-training rolls out the whole catalogue by beam search; a "
+            "candidate-ranking run (a verbalizer eval task) is not supported yet"
+        )
+    dynamic = [
+        where
+        for where, cfg in (("items", config.items.tokenizer), ("users", config.users.tokenizer))
+        if cfg is not None and issubclass(TOKENIZERS.get(cfg.name), DynamicTokenizer)
+    ]
+    if dynamic:
+        raise ConfigError(
+            f"train.post: the {' and '.join(dynamic)} tokenizer trains with the LLM, and "
+            "post-training a run whose SIDs change is not supported yet; post-train a run "
+            "with fixed SIDs"
         )
 
 

@@ -107,7 +107,7 @@ class StepLogits:
         self._call: Callable[..., tuple[torch.Tensor, Any]]
         if not sid_rows_only:
             self._cache_name = cache_argument(model)
-            self._kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+            self._kwargs = last_logits_only(model)
             self._call = self._full_call
             return
         causal_lm = _unwrap_peft(model, sid_rows_only=True)
@@ -265,8 +265,11 @@ def _unwrap_peft(model: nn.Module, sid_rows_only: bool = False) -> nn.Module:
     return model
 
 
-def _accepts(model: nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(_unwrap_peft(model).forward).parameters
+def last_logits_only(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments making ``model`` compute the last position's logits only (``{}``
+    when its forward has no ``logits_to_keep``)."""
+    parameters = inspect.signature(_unwrap_peft(model).forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
 
 def _check_plain_head(causal_lm: nn.Module) -> None:

@@ -94,6 +94,25 @@ def plot_tokenizer(
     return _save(figure, path)
 
 
+def _plot_post_signals(axes, series: dict[str, list[tuple[int, float]]], keys: list[str]) -> None:
+    """Post-training's per-step signals; the KL on its own axis (it is orders smaller)."""
+    kl_axes = axes.twinx() if "post/kl" in keys else None
+    for key in keys:
+        steps, values = zip(*series[key])
+        target = kl_axes if key == "post/kl" else axes
+        style = {"color": "tab:red", "ls": "--"} if key == "post/kl" else {}
+        target.plot(steps, values, lw=0.9, label=key.split("/", 1)[1], **style)
+    axes.set_xlabel("optimisation step")
+    axes.set_title("post-training signals", fontsize=10)
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if kl_axes is not None:
+        kl_axes.set_ylabel("KL to the SFT model (k3)", color="tab:red")
+        more = kl_axes.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    axes.legend(handles, labels, fontsize=8)
+
+
 def read_csv_log(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Lightning CSV log (the newest ``version_*/metrics.csv`` under ``log_dir``): per
     column, the (step, value) points where it was logged."""
@@ -119,16 +138,19 @@ def read_csv_log(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training_curves(log_dir: str | Path, path: str | Path, title: str = "") -> Path | None:
-    """Training loss and validation HR/NDCG against the step; None when nothing was logged."""
+    """Training loss and validation HR/NDCG against the step, and, for post-training, its
+    per-step signals (reward, KL, ...: the ``post/*`` columns); None when nothing was logged."""
     series = read_csv_log(log_dir)
     loss = series.get("train/loss", [])
     validation = sorted(
         key for key in series if key.startswith("val/") and key.split("/")[1][:3] in ("hr@", "ndc")
     )
+    signals = sorted(key for key in series if key.startswith("post/"))
     if not loss and not validation:
         return None
-    figure = _figure(10.5, 3.8)
-    loss_axes = figure.add_subplot(1, 2, 1)
+    panels = 3 if signals else 2
+    figure = _figure(5.25 * panels, 3.8)
+    loss_axes = figure.add_subplot(1, panels, 1)
     if loss:
         steps, values = zip(*loss)
         loss_axes.plot(steps, values, lw=0.8, color="tab:blue", alpha=0.5, label="per log step")
@@ -138,10 +160,12 @@ def plot_training_curves(log_dir: str | Path, path: str | Path, title: str = "")
             loss_axes.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"mean of {window}")
         loss_axes.legend(fontsize=8)
     loss_axes.set_xlabel("optimisation step")
-    loss_axes.set_ylabel("training loss (cross-entropy)")
+    loss_axes.set_ylabel("training loss")
     loss_axes.set_title("training loss", fontsize=10)
     loss_axes.grid(alpha=0.3)
-    val_axes = figure.add_subplot(1, 2, 2)
+    if signals:
+        _plot_post_signals(figure.add_subplot(1, panels, 2), series, signals)
+    val_axes = figure.add_subplot(1, panels, panels)
     for key in validation:
         steps, values = zip(*series[key])
         val_axes.plot(steps, values, marker="o", ms=3, label=key.split("/", 1)[1].upper())

@@ -124,13 +124,18 @@ def task_pairs(
 
 
 def build_datamodule(
-    config: ExperimentConfig, split: Split, training: TrainingData
+    config: ExperimentConfig,
+    split: Split,
+    training: TrainingData,
+    *,
+    batch_size: int | None = None,
 ) -> GenRecDataModule:
+    """The data module of ``training`` (``batch_size`` overrides ``train.batch_size``)."""
     cfg = config
     return GenRecDataModule(
         training,
         split,
-        batch_size=cfg.train.batch_size,
+        batch_size=batch_size or cfg.train.batch_size,
         eval_batch_size=cfg.eval.batch_size,
         max_valid_users=cfg.eval.max_valid_users,
         max_test_users=cfg.eval.max_test_users,

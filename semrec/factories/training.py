@@ -5,12 +5,13 @@ The prompts it trains on come from :mod:`semrec.factories.prompts`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from semrec.config import ExperimentConfig, TrainConfig
+from semrec.config import ExperimentConfig, PostTrainConfig, TrainConfig
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.errors import RunError
 
@@ -64,6 +65,41 @@ def monitored_metric(config: ExperimentConfig) -> str:
     return f"val/ndcg@{max(config.eval.ks)}"
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long one training loop runs, when it validates and where it logs: supervised
+    fine-tuning (:meth:`sft`, from ``train:``) or post-training (:meth:`post`)."""
+
+    epochs: int
+    max_steps: int
+    val_check_interval: float | int
+    check_val_every_n_epoch: int
+    early_stopping_patience: int | None
+    log_name: str
+
+    @classmethod
+    def sft(cls, train: TrainConfig) -> Schedule:
+        return cls(
+            train.epochs,
+            train.max_steps,
+            train.val_check_interval,
+            train.check_val_every_n_epoch,
+            train.early_stopping_patience,
+            "logs",
+        )
+
+    @classmethod
+    def post(cls, post: PostTrainConfig) -> Schedule:
+        return cls(
+            post.epochs,
+            post.max_steps,
+            post.val_check_interval,
+            1,
+            post.early_stopping_patience,
+            "post_logs",
+        )
+
+
 def resume_checkpoints(directory: Path, train: TrainConfig) -> list[Any]:
     """Lightning ``ModelCheckpoint`` callbacks writing full checkpoints for ``fit --resume``:
     ``step.ckpt`` every ``train.checkpoint_every_n_steps`` optimizer steps and
@@ -87,24 +123,27 @@ def fit_callbacks(
     checkpoints: Path,
     echo: Callable[[str], None] = print,
     extra: Sequence[Any] = (),
+    schedule: Schedule | None = None,
 ) -> list[Any]:
-    """Best-adapter checkpoint, resume checkpoints, speed log, early stopping, then ``extra``."""
+    """Best-adapter checkpoint, resume checkpoints, speed log, early stopping (of
+    ``schedule``, default SFT's), then ``extra``."""
     import lightning as L
 
     from semrec.models.speed import TrainingSpeed, ValidationReport
 
+    schedule = schedule or Schedule.sft(config.train)
     callbacks: list[Any] = [
         best_checkpoint,
         *resume_checkpoints(checkpoints, config.train),
         TrainingSpeed(echo, config.train.report_every_n_steps),
         ValidationReport(echo),
     ]
-    if config.train.early_stopping_patience:
+    if schedule.early_stopping_patience:
         callbacks.append(
             L.pytorch.callbacks.EarlyStopping(
                 monitor=monitored_metric(config),
                 mode="max",
-                patience=config.train.early_stopping_patience,
+                patience=schedule.early_stopping_patience,
             )
         )
     return [*callbacks, *extra]
@@ -169,31 +208,40 @@ def hardware(train: TrainConfig) -> dict[str, Any]:
     }
 
 
-def fit_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list[Any]):
-    """The training ``lightning.Trainer``: CSV and TensorBoard logs in ``run_dir``."""
+def fit_trainer(
+    config: ExperimentConfig,
+    run_dir: Path,
+    callbacks: list[Any],
+    schedule: Schedule | None = None,
+):
+    """The training ``lightning.Trainer`` of ``schedule`` (default SFT's): CSV and
+    TensorBoard logs in ``run_dir/<schedule.log_name>``."""
     import lightning as L
 
     from semrec.models.checkpoint import AtomicCheckpointIO
 
     train = config.train
+    schedule = schedule or Schedule.sft(train)
     return _results_stay_here(
         L.Trainer(
             **hardware(train),
-            max_epochs=train.epochs,
-            max_steps=train.max_steps,
+            max_epochs=schedule.epochs,
+            max_steps=schedule.max_steps,
             precision=resolve_precision(train),
             accumulate_grad_batches=train.accumulate_grad_batches,
             gradient_clip_val=train.gradient_clip,
-            val_check_interval=train.val_check_interval,
-            check_val_every_n_epoch=train.check_val_every_n_epoch,
+            val_check_interval=schedule.val_check_interval,
+            check_val_every_n_epoch=schedule.check_val_every_n_epoch,
             log_every_n_steps=train.log_every_n_steps,
             reload_dataloaders_every_n_epochs=1,
             num_sanity_val_steps=0,
             enable_model_summary=False,
             enable_progress_bar=train.progress_bar,
             logger=[
-                L.pytorch.loggers.CSVLogger(run_dir, name="logs"),
-                L.pytorch.loggers.TensorBoardLogger(run_dir, name="tb"),
+                L.pytorch.loggers.CSVLogger(run_dir, name=schedule.log_name),
+                L.pytorch.loggers.TensorBoardLogger(
+                    run_dir, name="tb" if schedule.log_name == "logs" else f"tb_{schedule.log_name}"
+                ),
             ],
             callbacks=callbacks,
             plugins=[AtomicCheckpointIO()],

@@ -139,13 +139,7 @@ class GenRecModule(L.LightningModule):
                 if name != "total":
                     self.log(f"joint/{name}", value, batch_size=size)
             loss = loss + parts["total"]
-        if not bool(torch.isfinite(loss.detach())):
-            raise NonFiniteLossError(
-                f"the training loss is {float(loss):g} at step {self.global_step} (epoch "
-                f"{self.current_epoch + 1}, batch {batch_idx}); training stopped before this "
-                "step's update, and only validations before it may have saved an adapter. "
-                "Lower train.lr, or check the data and model.quantization"
-            )
+        self.check_finite(loss, batch_idx)
         self.log(
             "train/response_tokens",
             tokens.float(),
@@ -155,6 +149,16 @@ class GenRecModule(L.LightningModule):
             sync_dist=True,
         )
         return loss
+
+    def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise :class:`NonFiniteLossError` before a NaN or infinite loss updates the weights."""
+        if not bool(torch.isfinite(loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss):g} at step {self.global_step} (epoch "
+                f"{self.current_epoch + 1}, batch {batch_idx}); training stopped before this "
+                "step's update, and only validations before it may have saved an adapter. "
+                "Lower the learning rate, or check the data and model.quantization"
+            )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """A pending training batch (SID placeholders) is tokenized here, as its step

@@ -51,7 +51,8 @@ class TrainingSpeed(L.Callback):
         examples = int(batch["examples"])
         self._examples += examples
         self._tokens += int(batch["tokens"])
-        self._labelled += int((batch["labels"] != IGNORE_INDEX).sum())
+        labels = batch.get("labels")  # post-training batches are prompts, without labels
+        self._labelled += 0 if labels is None else int((labels != IGNORE_INDEX).sum())
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         since = self._since
         since["examples"] += examples

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from semrec.artifacts import content_hash
-from semrec.config import TRAINING_KEYS
+from semrec.config import POST_TRAINING_KEYS, TRAINING_KEYS
 from semrec.config import config_section as section
 from semrec.errors import RunError
 from semrec.factories import prompts
@@ -20,6 +20,11 @@ from semrec.pipeline.tokenizers import TokenizerStage
 from semrec.prompts.datamodule import GenRecDataModule
 from semrec.prompts.sid_placeholders import ResolvingEncoder, SIDPlaceholders
 from semrec.tasks import TaskContext
+
+#: where the post-training stage keeps the weights it selected (see semrec.pipeline.post_train)
+POST_ADAPTER = "post_adapter"
+#: the validation metrics of those weights
+POST_VALID_METRICS = "post_valid_metrics.json"
 
 
 class ModelStage:
@@ -146,5 +151,39 @@ class ModelStage:
             return None
         load_trained_tokenizers(self.tokenizers.dynamic_tokenizers, adapter)
         context.directory.check_vocabulary(hf_tokenizer)
+        load_trained_weights(model, adapter)
+        return adapter
+
+    def post_fingerprint(self) -> str:
+        """Hash of what the post-trained model depends on: the SFT model and ``train.post``."""
+        return content_hash(
+            "post",
+            self.train_fingerprint(),
+            section(self.context.stage_config, POST_TRAINING_KEYS),
+        )
+
+    def post_trained(self) -> bool:
+        """Whether this run directory holds a finished post-training of this config."""
+        context = self.context
+        return (
+            context.directory.stage_done("post", self.post_fingerprint())
+            and (context.run_dir / POST_ADAPTER).is_dir()
+        )
+
+    def load_post_trained(self, model) -> Path | None:
+        """After :meth:`load_trained`, the post-trained weights of a ``train.post`` run;
+        returns ``run_dir/post_adapter`` (None without ``train.post``; a
+        :class:`~semrec.errors.RunError` when its post-training did not finish)."""
+        from semrec.models.checkpoint import load_trained_weights
+
+        if self.context.config.train.post is None:
+            return None
+        if not self.post_trained():
+            raise RunError(
+                f"{self.context.run_dir}: the post-trained weights do not match this config "
+                "(a train.post key was overridden, or post-training never finished); run "
+                "`semrec fit`"
+            )
+        adapter = self.context.run_dir / POST_ADAPTER
         load_trained_weights(model, adapter)
         return adapter

@@ -37,6 +37,7 @@ from semrec.artifacts import atomic_write, write_json
 from semrec.config import ExperimentConfig
 from semrec.evaluation.report import metrics_table, report_notes
 from semrec.metrics.per_user import RANKS_FILE
+from semrec.pipeline.post_train import PostTrainStage
 from semrec.pipeline.staged import StagedRun
 from semrec.pipeline.test import TestStage
 from semrec.pipeline.train import TrainStage
@@ -61,6 +62,9 @@ class Run(StagedRun):
     ) -> None:
         super().__init__(config, run_dir, echo, read_only=read_only)
         self.training = TrainStage(self.context, self.tokenizers, self.model_stage, callbacks)
+        self.post_training = PostTrainStage(
+            self.context, self.tokenizers, self.model_stage, callbacks
+        )
         self.testing = TestStage(self.context, self.tokenizers, self.model_stage)
 
     @property
@@ -84,9 +88,16 @@ class Run(StagedRun):
         """Backbone + SID tokens + LoRA; returns (model, hf_tokenizer, sid_token_ids)."""
         return self.model_stage.build_model()
 
-    def train(self, allow_training: bool = True, resume_from: Path | None = None):
-        """Train (or reuse) the adapter; returns (module, datamodule, hf_tokenizer)."""
-        return self.training.train(allow_training, resume_from)
+    def train(
+        self,
+        allow_training: bool = True,
+        resume_from: Path | None = None,
+        post_resume_from: Path | None = None,
+    ):
+        """Train (or reuse) the adapter, then post-train it when ``train.post`` asks;
+        returns (module, datamodule, hf_tokenizer)."""
+        trained = self.training.train(allow_training, resume_from)
+        return self.post_training.post_train(trained, allow_training, post_resume_from)
 
     def annotate(self, kind: str) -> int:
         """Generate (or reuse from the cache) the ``kind`` annotations; returns how many exist."""
@@ -100,7 +111,7 @@ class Run(StagedRun):
 
     def test(self, trained=None) -> dict[str, float]:
         """Evaluate the trained model (``trained`` from :meth:`train`, else reloaded) on test users."""
-        return self.testing.test(trained or self.training.train(allow_training=False))
+        return self.testing.test(trained or self.train(allow_training=False))
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """tokenize -> train -> test; writes metrics.json / metrics.md and returns the metrics.
@@ -110,12 +121,16 @@ class Run(StagedRun):
         differs) is refused unless ``overwrite=True``, which retrains and replaces it.
         """
         wall = time.perf_counter()
-        resume_from = self.training.check_resumable() if resume else None  # before any write
+        resume_from = post_resume_from = None
+        if resume:  # before any write
+            post_resume_from = self.post_training.resumable_checkpoint()
+            if post_resume_from is None:
+                resume_from = self.training.check_resumable()
         if not resume and not overwrite:
             self.training.check_replaces_no_model()
         self.echo(f"[run] {self.config.name} -> {self.run_dir}")
         self.echo(self.tokenizers.tokenizer_report())
-        metrics = self.test(self.training.train(resume_from=resume_from))
+        metrics = self.test(self.train(True, resume_from, post_resume_from))
         if not self.context.rank_zero:
             return metrics  # rank zero writes the report
         self.timings["total"] = round(time.perf_counter() - wall, 2)

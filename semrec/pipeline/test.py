@@ -11,7 +11,7 @@ from semrec.factories.model import prompt_formatter
 from semrec.known_warnings import hide_known_warnings
 from semrec.metrics.per_user import PerUserRanks
 from semrec.pipeline.context import RunContext
-from semrec.pipeline.model import ModelStage
+from semrec.pipeline.model import POST_VALID_METRICS, ModelStage
 from semrec.pipeline.tokenizers import TokenizerStage
 
 
@@ -43,7 +43,13 @@ class TestStage:
             ranked = candidates.metrics(datamodule.test_examples, config.eval.ks, data.split)
             metrics.update({f"retriever/{key}": value for key, value in ranked.items()})
         valid_file = context.run_dir / "valid_metrics.json"
-        if valid_file.exists():
+        post_file = context.run_dir / POST_VALID_METRICS
+        if config.train.post is not None and post_file.exists():
+            # the post-trained weights' validation; SFT's own stays beside it
+            metrics.update({f"valid/{k}": v for k, v in read_json(post_file).items()})
+            if valid_file.exists():
+                metrics.update({f"sft_valid/{k}": v for k, v in read_json(valid_file).items()})
+        elif valid_file.exists():
             metrics.update({f"valid/{k}": v for k, v in read_json(valid_file).items()})
         inputs = self.evaluation_inputs(module.model, hf_tokenizer, datamodule)
         for name in EVALUATORS:

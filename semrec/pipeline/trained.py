@@ -58,6 +58,7 @@ class TrainedRun(StagedRun):
         model, hf_tokenizer, _ = self.model_stage.build_model()
         self.tokenizers.prepare_joint(model, hf_tokenizer)
         adapter = self.model_stage.load_trained(model, hf_tokenizer, required=True)
+        adapter = self.model_stage.load_post_trained(model) or adapter
         datamodule = self.model_stage.datamodule(hf_tokenizer)
         model.eval()
         self.context.echo(f"[load] {adapter}")
