@@ -18,6 +18,7 @@ from semrec.compare import (
     hit_overlap,
     parse_sweep,
     plan_rows,
+    run_cells,
     split_values,
 )
 from semrec.config import ConfigError
@@ -316,3 +317,23 @@ def test_compare_on_the_tiny_config_writes_the_table_csv_and_plot(tmp_path, caps
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "wrote compare.md" in capsys.readouterr().out
+
+
+def test_rows_that_differ_only_in_post_training_share_one_sft(tmp_path: Path) -> None:
+    """A post-training row's cell starts from the finished SFT of the row before it (same
+    seed, same training keys): the SFT is trained once and its adapter copied."""
+    rows = plan_rows(
+        [str(TINY)],
+        ["train.post=null,{method: dpo, lr: 0.001, prompts_per_epoch: 32, batch_size: 16}"],
+        ["train.epochs=2", "train.check_val_every_n_epoch=1", "train.progress_bar=false"],
+    )
+    lines: list[str] = []
+    cells = run_cells(rows, [7], tmp_path, echo=lines.append)
+    sft, post = (cell.directory for cell in cells)
+    assert any("starts from the finished training of train.post=null" in line for line in lines)
+    assert (sft / "adapter" / "trainable.safetensors").read_bytes() == (
+        post / "adapter" / "trainable.safetensors"
+    ).read_bytes()
+    stages = json.loads((post / "stages.json").read_text())
+    assert stages["train"] == json.loads((sft / "stages.json").read_text())["train"]
+    assert "post" in stages and (post / "post_adapter").is_dir()
