@@ -18,6 +18,7 @@ from semrec.posttrain.log_probs import FrozenReference, completion_log_probs
 from semrec.posttrain.losses import dpo_loss, group_advantages, grpo_loss, sdpo_loss
 from semrec.posttrain.objectives import GRPO, Preference, item_tokens
 from semrec.posttrain.rewards import CollaborativeReward, ExactReward, RankingReward
+from semrec.run_directory import RunDirectory
 
 TINY = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 VOCAB = 48
@@ -337,22 +338,37 @@ GRPO_EXACT = (
 )
 
 
-def _fit(run_dir: Path, *overrides: str) -> dict[str, float]:
+def _fit(run_dir: Path, *overrides: str) -> tuple[dict[str, float], list[str]]:
     lines: list[str] = []
     metrics = Run(load_config(TINY, [*UNDER_TRAINED, *overrides]), run_dir, echo=lines.append).fit()
     return metrics, lines
 
 
-def test_grpo_raises_hr_at_1_of_an_under_trained_sft_model(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """The under-trained SFT model (10 epochs of tiny), trained once for these tests."""
+    run_dir = tmp_path_factory.mktemp("runs") / "sft"
+    metrics, _ = _fit(run_dir)
+    return run_dir, metrics
+
+
+def _from_sft(sft_dir: Path, run_dir: Path) -> Path:
+    """A new run directory holding a copy of the SFT (its post-training runs there)."""
+    assert RunDirectory(run_dir).take_finished_training(RunDirectory(sft_dir))
+    return run_dir
+
+
+def test_grpo_raises_hr_at_1_of_an_under_trained_sft_model(sft_run, tmp_path: Path) -> None:
     """Synthetic data, 48 test users: SFT for 10 epochs leaves HR@1 at .04; GRPO with the
     exact reward (2 epochs, 8 beams a prompt) lifts it to .125 (measured at seeds 42 and
     1: .042 -> .125, .083 -> .125). Stated threshold: at least 2 more of the 48 users hit
     at rank 1."""
-    sft, _ = _fit(tmp_path / "sft")
-    post, lines = _fit(tmp_path / "grpo", GRPO_EXACT)
+    sft_dir, sft = sft_run
+    run = _from_sft(sft_dir, tmp_path / "grpo")
+    post, lines = _fit(run, GRPO_EXACT)
+    assert any(line.startswith("[train] reused") for line in lines)  # the copied SFT
     assert post["test/hr@1"] >= sft["test/hr@1"] + 2 / 48 - 1e-6
     assert any(line.startswith("[post] grpo (exact reward, 8 beams") for line in lines)
-    run = tmp_path / "grpo"
     assert (run / "post_adapter").is_dir() and (run / "post_training_curves.png").is_file()
     assert post["valid/ndcg@10"] > post["sft_valid/ndcg@10"]  # kept because it beat SFT
     logged = (next((run / "post_logs").glob("version_*")) / "metrics.csv").read_text()
@@ -372,11 +388,12 @@ def test_grpo_raises_hr_at_1_of_an_under_trained_sft_model(tmp_path: Path) -> No
     assert any(line.startswith("[post] grpo") for line in lines)
 
 
-def test_post_training_that_never_beats_sft_keeps_the_sft_weights(tmp_path: Path) -> None:
-    sft, _ = _fit(tmp_path / "sft")
+def test_post_training_that_never_beats_sft_keeps_the_sft_weights(sft_run, tmp_path) -> None:
+    sft_dir, sft = sft_run
+    run = _from_sft(sft_dir, tmp_path / "post")
     # a learning rate so small that nothing changes: validation never beats SFT's
-    post, lines = _fit(tmp_path / "post", GRPO_EXACT.replace("lr: 0.001", "lr: 1e-12"))
+    post, lines = _fit(run, GRPO_EXACT.replace("lr: 0.001", "lr: 1e-12"))
     assert any("keeping the SFT weights" in line for line in lines)
     assert post["test/hr@10"] == sft["test/hr@10"] and post["test/ndcg@10"] == sft["test/ndcg@10"]
-    info = json.loads((tmp_path / "post" / "post_adapter" / "info.json").read_text())
+    info = json.loads((run / "post_adapter" / "info.json").read_text())
     assert info["metrics"] == {"kept": "sft"}
