@@ -344,6 +344,21 @@ class TokenUnderstandingConfig(_Section):
     sid2title_template: str = 'What is the title of item "{sid}"?'
 
 
+class FusionConfig(_Section):
+    """A labelled extra row of the test: semrec's ranking fused with a baseline's.
+
+    Each test user's top ``max(eval.ks)`` items of semrec (the beam search) and of
+    ``baseline`` (an ``eval.baselines`` entry) are merged by weighted reciprocal rank fusion
+    (Cormack et al. 2009): an item scores ``weight / (rrf_k + r_semrec) + (1 - weight) /
+    (rrf_k + r_baseline)`` over the ranks ``r`` (from 1) at which it appears. The row is
+    ``semrec+<baseline>``; ``test/*`` stays semrec's own.
+    """
+
+    baseline: str = "sasrec"
+    weight: float = Field(0.5, ge=0, le=1)
+    rrf_k: int = Field(60, ge=0)
+
+
 class EvalConfig(_Section):
     # validation during fit decodes with these, so they steer which checkpoint is kept; the
     # other eval keys only change the test
@@ -385,6 +400,8 @@ class EvalConfig(_Section):
     # and then on whether it has AMX
     precision: Literal["auto", "32", "bf16"] = "auto"
     token_understanding: TokenUnderstandingConfig = TokenUnderstandingConfig()
+    # an extra, labelled test row: semrec's ranking fused with a baseline's (null: none)
+    fusion: FusionConfig | None = None
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -125,6 +125,7 @@ LATE_KEYS = (
     "train.softmax",
     "model.semantic_init.source",
     "train.post",
+    "eval.fusion",
 )
 
 

@@ -78,6 +78,12 @@ def check_components(config: ExperimentConfig) -> None:
     _check_beams(config)
     _check_candidates(config)
     _check_post_training(config)
+    fusion = config.eval.fusion
+    if fusion is not None and fusion.baseline not in config.eval.baselines:
+        raise ConfigError(
+            f"eval.fusion.baseline: {fusion.baseline!r} is not in eval.baselines "
+            f"{config.eval.baselines}; fusion reads that baseline's ranking of the same users"
+        )
     try:
         _check_allocations(config)
     except AllocationTooLarge as err:

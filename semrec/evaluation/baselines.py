@@ -99,6 +99,8 @@ class BaselineResults:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     ranks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: ``rankings[name][part]``: every example's top ``max(ks)`` items ``[n, max(ks)]``
+    rankings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def run_baselines(
@@ -140,6 +142,7 @@ def run_baselines(
             results.metrics[f"{name}/fit/epochs"] = float(baseline.epochs_run)
             results.metrics[f"{name}/fit/best_epoch"] = float(baseline.best_epoch)
         results.ranks[name] = {}
+        results.rankings[name] = {}
         for part, part_examples in examples.items():
             banned = (exclude or {}).get(part)
             ranked = baseline.rank(split, part_examples, max(cfg.ks), banned)
@@ -147,5 +150,6 @@ def run_baselines(
             scores, ranks = evaluate_ranked(ranked, targets, list(cfg.ks), split.num_items)
             results.metrics.update({f"{name}/{part}/{key}": v for key, v in scores.items()})
             results.ranks[name][part] = ranks
+            results.rankings[name][part] = ranked
         results.seconds[name] = round(time.perf_counter() - start, 2)
     return results

@@ -122,6 +122,12 @@ def report_notes(
             + f", history items {'masked' if ev.mask_history else 'not masked'} (eval.mask_history)"
         )
     notes.append(protocol + f", decoding in {'bf16' if ev.precision == 'bf16' else 'fp32'}")
+    if ev.fusion is not None:
+        notes.append(
+            f"semrec+{ev.fusion.baseline}: semrec's and {ev.fusion.baseline}'s top-{max(ev.ks)} "
+            f"fused by reciprocal rank (weight {ev.fusion.weight:g} on semrec, k "
+            f"{ev.fusion.rrf_k}; eval.fusion), a labelled extra row, not semrec alone"
+        )
     k = max(ev.ks)
     if f"test_beam/hr@{k}" in metrics:
         exact, beam = metrics[f"test/hr@{k}"], metrics[f"test_beam/hr@{k}"]

@@ -65,6 +65,7 @@ class TopKRankingMetrics(Metric):
         self.num_items = num_items
         self.add_state("ranks", default=[], dist_reduce_fx="cat")
         self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.add_state("items", default=[], dist_reduce_fx="cat")
         self.add_state("invalid", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("slots", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state(
@@ -80,6 +81,8 @@ class TopKRankingMetrics(Metric):
         device = self.seen.device
         top = ranked[:, : max(self.ks)].to(device)
         self.ranks.append(target_ranks(top, targets.to(device)))
+        width = max(self.ks) - top.shape[1]  # shorter lists (few candidates) pad with -1
+        self.items.append(torch.nn.functional.pad(top, (0, width), value=-1) if width else top)
         if rows is not None:
             self.rows.append(rows.to(device=device, dtype=torch.long))
         valid = (top >= 0) & (top < self.num_items)
@@ -106,6 +109,16 @@ class TopKRankingMetrics(Metric):
         """
         with self.sync_context(should_sync=self.sync_on_compute):
             return self._ranks_in_order().cpu()
+
+    def ordered_items(self) -> torch.Tensor:
+        """Every example's ranked items ``[n, max(ks)]``, in the order of
+        :meth:`ordered_ranks` (gathered over processes likewise). Call before ``reset``."""
+        with self.sync_context(should_sync=self.sync_on_compute):
+            items = _concatenated(self.items, torch.long).view(-1, max(self.ks))
+            rows = _concatenated(self.rows, torch.long)
+            if rows.numel() == items.shape[0]:
+                items = items[torch.argsort(rows)]
+            return items.cpu()
 
     def _ranks_in_order(self) -> torch.Tensor:
         ranks = _concatenated(self.ranks, torch.float32)

@@ -109,6 +109,8 @@ class GenRecModule(L.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}
         #: per evaluation part, each example's target rank in evaluation-list order
         self.last_ranks: dict[str, torch.Tensor] = {}
+        #: per evaluation part, each example's ranked items [n, max(ks)], in the same order
+        self.last_items: dict[str, torch.Tensor] = {}
 
     def set_trie(self, trie: SIDTrie) -> None:
         self.trie = trie
@@ -324,6 +326,7 @@ class GenRecModule(L.LightningModule):
     def _log_metrics(self, prefix: str, metric: TopKRankingMetrics) -> None:
         values = metric.compute()
         self.last_ranks[prefix] = metric.ordered_ranks()
+        self.last_items[prefix] = metric.ordered_items()
         metric.reset()
         self.last_metrics[prefix] = values
         # the values are already gathered over all processes (torchmetrics syncs in

@@ -3,13 +3,17 @@ the baselines of the same split, and every test user's target rank."""
 
 from __future__ import annotations
 
+import torch
+
 from semrec.artifacts import read_json
 from semrec.evaluation.baselines import run_baselines
 from semrec.evaluation.evaluators import EVALUATORS, EvaluationInputs
+from semrec.evaluation.fusion import reciprocal_rank_fusion
 from semrec.factories import decoding, training
 from semrec.factories.model import prompt_formatter
 from semrec.known_warnings import hide_known_warnings
 from semrec.metrics.per_user import PerUserRanks
+from semrec.metrics.ranking import evaluate_ranked
 from semrec.pipeline.context import RunContext
 from semrec.pipeline.model import POST_VALID_METRICS, ModelStage
 from semrec.pipeline.tokenizers import TokenizerStage
@@ -63,14 +67,29 @@ class TestStage:
             config.eval, config.seed, data.split, examples, exclude, context.echo
         )
         context.timings.update({f"baseline_{name}": s for name, s in baselines.seconds.items()})
+        methods = {
+            "semrec": module.last_ranks.get("test"),
+            **{name: ranks.get("test") for name, ranks in baselines.ranks.items()},
+        }
+        fusion = config.eval.fusion
+        if fusion is not None and "test" in module.last_items:
+            name = f"semrec+{fusion.baseline}"
+            fused = reciprocal_rank_fusion(
+                module.last_items["test"],
+                baselines.rankings[fusion.baseline]["test"],
+                weight=fusion.weight,
+                rrf_k=fusion.rrf_k,
+            )
+            targets = torch.tensor([ex.target for ex in datamodule.test_examples])
+            scores, methods[name] = evaluate_ranked(
+                fused, targets, list(config.eval.ks), data.dataset.num_items
+            )
+            metrics.update({f"{name}/test/{key}": value for key, value in scores.items()})
         self.ranks = PerUserRanks.of_examples(
             datamodule.test_examples,
             data.dataset.user_ids,
             k=max(config.eval.ks),
-            methods={
-                "semrec": module.last_ranks.get("test"),
-                **{name: ranks.get("test") for name, ranks in baselines.ranks.items()},
-            },
+            methods=methods,
         )
         return {**metrics, **baselines.metrics}
 
