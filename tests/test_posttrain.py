@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from semrec.config import ConfigError, PostTrainConfig, load_config
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.pipeline import Run
+from semrec.pipeline.trained import TrainedRun
 from semrec.posttrain.log_probs import FrozenReference, completion_log_probs
 from semrec.posttrain.losses import dpo_loss, group_advantages, grpo_loss, sdpo_loss
 from semrec.posttrain.objectives import GRPO, Preference, item_tokens
@@ -381,6 +383,13 @@ def test_grpo_raises_hr_at_1_of_an_under_trained_sft_model(sft_run, tmp_path: Pa
     assert again["test/hr@1"] == post["test/hr@1"]
     tested = Run(load_config(TINY, [*UNDER_TRAINED, GRPO_EXACT]), run, read_only=True).test()
     assert tested["test/hr@1"] == post["test/hr@1"]
+    # serving loads the post-trained weights
+    loaded: list[str] = []
+    model = TrainedRun.load(run, echo=loaded.append).model
+    saved = load_file(str(run / "post_adapter" / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    assert f"[load] {run / 'post_adapter'}" in loaded
+    assert all(torch.equal(params[name], value) for name, value in saved.items())
 
     # a new train.post over the same SFT reuses the SFT and post-trains again
     _, lines = _fit(run, GRPO_EXACT.replace("lr: 0.001", "lr: 0.0005"))
