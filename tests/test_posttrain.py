@@ -406,3 +406,34 @@ def test_post_training_that_never_beats_sft_keeps_the_sft_weights(sft_run, tmp_p
     assert post["test/hr@10"] == sft["test/hr@10"] and post["test/ndcg@10"] == sft["test/ndcg@10"]
     info = json.loads((run / "post_adapter" / "info.json").read_text())
     assert info["metrics"] == {"kept": "sft"}
+
+
+def test_sft_weight_adds_the_targets_cross_entropy() -> None:
+    model = tiny_model().eval()  # no dropout: the two losses see the same model
+    ids, mask = prompts()
+    trie = SIDTrie.from_sequences(CATALOG, vocab_size=VOCAB)
+    batch = {"input_ids": ids, "attention_mask": mask, "targets": torch.tensor([3, 6])}
+    counts = torch.ones(len(CATALOG))
+
+    def loss(weight: float) -> dict[str, torch.Tensor]:
+        objective = Preference(
+            FrozenReference(model),
+            loss="dpo",
+            beta=0.1,
+            negatives=1,
+            source="popularity",
+            popularity=counts,
+            sft_weight=weight,
+        )
+        torch.manual_seed(3)  # the same negatives both times
+        return objective(model, trie, batch)
+
+    plain, with_sft = loss(0.0), loss(0.5)
+    tokens, _ = item_tokens(trie, batch["targets"][:, None], torch.ones(2, 1, dtype=torch.bool))
+    with torch.no_grad():
+        target = completion_log_probs(model, ids, mask, tokens)[:, 0]
+    nll = float(-(target.sum(-1) / 2).mean())
+    assert abs(float(with_sft["target_nll"]) - nll) < 1e-5
+    assert abs(float(with_sft["loss"]) - (float(plain["loss"]) + 0.5 * nll)) < 1e-5
+    with pytest.raises(ValueError, match="GRPO has no chosen item"):
+        PostTrainConfig(method="grpo", sft_weight=1.0)

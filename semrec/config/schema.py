@@ -250,6 +250,9 @@ class PostTrainConfig(_Section):
     clip_epsilon: float = Field(0.2, gt=0, lt=1)
     negatives: int | None = Field(None, ge=1)
     negative_source: Literal["beams", "popularity"] = "beams"
+    # DPO/S-DPO: add this weight times the target's SID cross-entropy (the SFT loss on the
+    # chosen item, as RPO does), which keeps its likelihood from falling with the negatives'
+    sft_weight: float = Field(0.0, ge=0)
     val_check_interval: float | int = 0.25
     early_stopping_patience: int | None = Field(None, ge=1)
 
@@ -259,6 +262,11 @@ class PostTrainConfig(_Section):
             self.beta = 1e-3 if self.method == "grpo" else 0.1
         if self.negatives is None:
             self.negatives = 4 if self.method == "sdpo" else 1
+        if self.method == "grpo" and self.sft_weight:
+            raise ValueError(
+                "train.post.sft_weight adds the SFT loss of the chosen item to DPO / S-DPO; "
+                "GRPO has no chosen item"
+            )
         if self.method == "dpo" and self.negatives != 1:
             raise ValueError(
                 f"train.post.negatives: DPO compares the target with one negative, got "

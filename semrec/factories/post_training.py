@@ -87,6 +87,7 @@ def module(
             else None,
             popularity=None if beams else torch.from_numpy(split.train_item_counts()),
             output_ids=output_ids,
+            sft_weight=post.sft_weight,
         )
     return PostTrainingModule(
         model,

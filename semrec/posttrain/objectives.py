@@ -101,7 +101,8 @@ class GRPO:
 
 
 class Preference:
-    """DPO (one negative) or S-DPO (``negatives`` of them) with the target as the chosen item.
+    """DPO (one negative) or S-DPO (``negatives`` of them) with the target as the chosen item,
+    plus ``sft_weight`` times the target's token cross-entropy (0: none).
 
     Negatives are the policy's own best beams that are not the target (``source:
     "beams"``, hard negatives, found anew each step) or items drawn by training popularity
@@ -119,6 +120,7 @@ class Preference:
         rollouts: ConstrainedBeamSearch | None = None,
         popularity: torch.Tensor | None = None,
         output_ids: torch.Tensor | None = None,
+        sft_weight: float = 0.0,
     ) -> None:
         if loss == "dpo" and negatives != 1:
             raise ValueError(f"DPO compares one negative, got {negatives}; use S-DPO for more")
@@ -134,6 +136,7 @@ class Preference:
         self.rollouts = rollouts
         self.popularity = None if popularity is None else popularity.double().clamp(min=0) + 1.0
         self.output_ids = output_ids
+        self.sft_weight = sft_weight
 
     def negative_items(self, model: nn.Module, trie: SIDTrie, batch: Batch):
         """``[B, negatives]`` items other than each target, and which of them exist."""
@@ -187,6 +190,12 @@ class Preference:
                 beta=self.beta,
                 valid=exists[usable, 1:],
             )
+        parts = {}
+        if self.sft_weight:
+            # the target's mean token cross-entropy, as in supervised fine-tuning
+            nll = -sequence[:, 0] / weight[:, 0].sum(-1).clamp(min=1)
+            parts["target_nll"] = nll.mean().detach()
+            loss = loss + self.sft_weight * nll.mean()
         margin = (sequence - ref_sequence).detach()
         chosen_gain = margin[:, 0]
         rejected_gain = margin[:, 1:].masked_fill(~exists[:, 1:], 0.0).sum(1) / exists[:, 1:].sum(
@@ -196,4 +205,5 @@ class Preference:
             "loss": loss,
             "chosen_log_ratio": chosen_gain.mean(),
             "rejected_log_ratio": rejected_gain.mean(),
+            **parts,
         }
