@@ -27,6 +27,7 @@ from semrec.known_warnings import hide_known_warnings
 from semrec.pipeline.context import RunContext
 from semrec.pipeline.model import POST_ADAPTER, POST_VALID_METRICS, ModelStage
 from semrec.pipeline.tokenizers import TokenizerStage
+from semrec.pipeline.train import plot_curves
 
 CHECKPOINTS = "post_checkpoints"
 
@@ -107,6 +108,8 @@ class PostTrainStage:
         return trained
 
     def train(self, module, datamodule, resume_from: Path | None) -> None:
+        """Post-train ``module.model`` from its SFT weights into ``post_adapter/`` and load
+        the selected weights (the SFT's when no validation beat them)."""
         from semrec.models.checkpoint import BestAdapterCheckpoint, load_trained_weights
         from semrec.posttrain.log_probs import FrozenReference
 
@@ -161,7 +164,13 @@ class PostTrainStage:
                 ckpt_path=str(resume_from) if resume_from is not None else None,
             )
         if context.rank_zero:
-            self.plot_curves()
+            plot_curves(
+                context,
+                "post_logs",
+                "post_training_curves.png",
+                f"{config.name}: post-training",
+                "post",
+            )
             if not best.saved:
                 # no validation beat SFT's: the SFT weights are the post-trained result
                 context.echo(
@@ -180,19 +189,3 @@ class PostTrainStage:
     def sft_valid_metrics(self) -> dict[str, float]:
         path = self.context.run_dir / "valid_metrics.json"
         return read_json(path) if path.is_file() else {}
-
-    def plot_curves(self) -> None:
-        from semrec.evaluation.diagnostics import plot_training_curves
-
-        run_dir = self.context.run_dir
-        try:
-            path = plot_training_curves(
-                run_dir / "post_logs",
-                run_dir / "post_training_curves.png",
-                f"{self.context.config.name}: post-training",
-            )
-        except FileNotFoundError as err:
-            self.context.echo(f"[post] no training curves: {err}")
-            return
-        if path is not None:
-            self.context.echo(f"[post] training curves: {path}")

@@ -155,15 +155,19 @@ class TrainStage:
 
     def plot_training_curves(self) -> None:
         """``training_curves.png`` beside the logs: training loss and validation metrics."""
-        from semrec.evaluation.diagnostics import plot_training_curves
+        plot_curves(self.context, "logs", "training_curves.png", self.context.config.name, "train")
 
-        run_dir = self.context.run_dir
-        try:
-            path = plot_training_curves(
-                run_dir / "logs", run_dir / "training_curves.png", self.context.config.name
-            )
-        except FileNotFoundError as err:
-            self.context.echo(f"[train] no training curves: {err}")
-            return
-        if path is not None:
-            self.context.echo(f"[train] training curves: {path}")
+
+def plot_curves(context: RunContext, log_name: str, file_name: str, title: str, tag: str) -> None:
+    """Draw ``run_dir/<file_name>`` from the CSV log ``run_dir/<log_name>`` and say where
+    (``[tag] training curves: ...``), or why not."""
+    from semrec.evaluation.diagnostics import plot_training_curves
+
+    run_dir = context.run_dir
+    try:
+        path = plot_training_curves(run_dir / log_name, run_dir / file_name, title)
+    except FileNotFoundError as err:
+        context.echo(f"[{tag}] no training curves: {err}")
+        return
+    if path is not None:
+        context.echo(f"[{tag}] training curves: {path}")
