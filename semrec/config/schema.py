@@ -275,6 +275,26 @@ class PostTrainConfig(_Section):
         return self
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation during SFT (``train.distill``) from a fitted collaborative model.
+
+    The teacher (``teacher``: an ``eval.baselines`` model, fitted or reused from the cache
+    with the run's seed and ``eval.baseline_params``, the same model as that baseline's row)
+    scores every item after each training prefix's history; ``softmax(scores /
+    temperature)`` is turned into one soft target per SID token: at level ``l``, the
+    teacher's probability mass of the items that share the target's first ``l`` codes,
+    summed per code at level ``l`` and renormalised (what teacher forcing conditions on).
+    The loss is ``(1 - weight) * CE(target) + weight * CE(soft target)`` per SID token
+    (Hinton et al. 2015), so each prefix carries the teacher's whole ranking rather than one
+    label. History items are left out of the teacher's distribution when
+    ``eval.mask_history`` is on. Needs ``model.prompt_format: compact`` and fixed SIDs.
+    """
+
+    teacher: str = "sasrec"
+    weight: float = Field(0.5, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+
+
 class TrainConfig(_Section):
     # where a run trains and what it logs, not what it learns: a run may be evaluated (and
     # resumed) on other hardware
@@ -333,6 +353,8 @@ class TrainConfig(_Section):
     devices: int | list[int] | Literal["auto"] = 1
     num_nodes: int = Field(1, ge=1)
     joint: JointConfig = JointConfig()
+    # distillation from a collaborative model's scores during SFT (null: none); see DistillConfig
+    distill: DistillConfig | None = None
     # post-training after SFT (null: none); see PostTrainConfig
     post: PostTrainConfig | None = None
 

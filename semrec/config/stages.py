@@ -126,6 +126,7 @@ LATE_KEYS = (
     "model.semantic_init.source",
     "train.post",
     "eval.fusion",
+    "train.distill",
 )
 
 

@@ -78,6 +78,7 @@ def check_components(config: ExperimentConfig) -> None:
     _check_beams(config)
     _check_candidates(config)
     _check_post_training(config)
+    _check_distillation(config)
     fusion = config.eval.fusion
     if fusion is not None and fusion.baseline not in config.eval.baselines:
         raise ConfigError(
@@ -284,17 +285,48 @@ def _check_post_training(config: ExperimentConfig) -> None:
             "train.post: post-training rolls out the whole catalogue by beam search; a "
             "candidate-ranking run (a verbalizer eval task) is not supported yet"
         )
-    dynamic = [
-        where
-        for where, cfg in (("items", config.items.tokenizer), ("users", config.users.tokenizer))
-        if cfg is not None and issubclass(TOKENIZERS.get(cfg.name), DynamicTokenizer)
-    ]
+    dynamic = _dynamic_tokenizers(config)
     if dynamic:
         raise ConfigError(
             f"train.post: the {' and '.join(dynamic)} tokenizer trains with the LLM, and "
             "post-training a run whose SIDs change is not supported yet; post-train a run "
             "with fixed SIDs"
         )
+
+
+def _check_distillation(config: ExperimentConfig) -> None:
+    """``train.distill`` reads a fitted baseline's scores at every target of compact windows."""
+    distill = config.train.distill
+    if distill is None:
+        return
+    teacher = BASELINES.get(distill.teacher) if distill.teacher in BASELINES else None
+    if teacher is None or not issubclass(teacher, SequentialRecommender):
+        sequential = sorted(
+            name for name in BASELINES if issubclass(BASELINES.get(name), SequentialRecommender)
+        )
+        raise ConfigError(
+            f"train.distill.teacher: {distill.teacher!r} is not a sequential recommender "
+            f"semrec can fit; choose one of {sequential}"
+        )
+    if config.model.prompt_format != "compact":
+        raise ConfigError(
+            "train.distill: distillation reads each target's history from compact windows; "
+            f"set model.prompt_format: compact (got {config.model.prompt_format!r})"
+        )
+    if _dynamic_tokenizers(config):
+        raise ConfigError(
+            "train.distill: the teacher's soft targets are built on the items' SIDs, which a "
+            "tokenizer trained with the LLM changes; distil into a run with fixed SIDs"
+        )
+
+
+def _dynamic_tokenizers(config: ExperimentConfig) -> list[str]:
+    """``items`` and/or ``users`` where that tokenizer trains with the LLM."""
+    return [
+        where
+        for where, cfg in (("items", config.items.tokenizer), ("users", config.users.tokenizer))
+        if cfg is not None and issubclass(TOKENIZERS.get(cfg.name), DynamicTokenizer)
+    ]
 
 
 def _check_beams(config: ExperimentConfig) -> None:

@@ -28,9 +28,10 @@ def build_module(
     trie_builder=None,
     batch_encoder=None,
     sid_token_ids: Sequence[int] = (),
+    distillation=None,
 ):
     """The LightningModule; ``sid_token_ids`` are the tokens a ``train.softmax: sid_tokens``
-    training scores over."""
+    training scores over; ``distillation`` (see :func:`distillation`) adds ``train.distill``."""
     from semrec.models.module import GenRecModule
 
     output_ids = None
@@ -51,6 +52,36 @@ def build_module(
         trie_builder=trie_builder if joint is not None else None,
         batch_encoder=batch_encoder,
         output_ids=output_ids,
+        distillation=distillation,
+    )
+
+
+def distillation(
+    config: ExperimentConfig, split, training_source, echo: Callable[[str], None] = print
+):
+    """The :class:`~semrec.models.distillation.TeacherDistillation` of ``train.distill`` (None
+    without it). The teacher is fitted, or reused from the cache, with the run's seed and
+    ``eval.baseline_params``: the same model as that baseline's row in the test."""
+    distill = config.train.distill
+    if distill is None:
+        return None
+    from semrec.cf import fit_cached
+    from semrec.evaluation.baselines import BASELINES
+    from semrec.models.distillation import TeacherDistillation
+
+    params = {"seed": config.seed, **config.eval.baseline_params.get(distill.teacher, {})}
+    teacher = fit_cached(BASELINES.get(distill.teacher)(**params), split)
+    echo(
+        f"[train] distilling from {distill.teacher} (weight {distill.weight}, temperature "
+        f"{distill.temperature}): " + ("reused from the cache" if teacher.from_cache else "fitted")
+    )
+    return TeacherDistillation(
+        teacher,
+        [tokens[1:] for tokens in training_source.item_tokens],  # without the separator
+        max_history=config.dataset.max_history,
+        weight=distill.weight,
+        temperature=distill.temperature,
+        mask_history=config.eval.mask_history,
     )
 
 

@@ -44,6 +44,25 @@ def response_loss(
     ``output_ids`` (sorted token ids) restricts the softmax to those tokens; every label
     must be one of them.
     """
+    scored = labelled_logits(model, batch, output_ids)
+    if scored is None:  # the model changes its logits after the output layer: its own loss
+        inputs = {name: batch[name] for name in MODEL_INPUTS if name in batch}
+        return model(**inputs, labels=batch["labels"], use_cache=False).loss
+    logits, columns = scored
+    if logits.shape[0] == 0:  # no labelled token: zero loss that still has a graph
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), columns)
+
+
+def labelled_logits(
+    model: nn.Module, batch: dict[str, torch.Tensor], output_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The logits at the positions that predict a labelled token, in row-major order, and
+    each label's column among them (its token id, or its index in ``output_ids``).
+
+    None for models that transform their logits after the output layer
+    (:data:`LOGIT_TRANSFORMS`), where only the model's own loss is exact.
+    """
     lm = base_causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     if decoder is None or head is None:
@@ -51,21 +70,16 @@ def response_loss(
             f"{type(lm).__name__} exposes no decoder/output layer (get_decoder, "
             "get_output_embeddings); response_loss needs a transformers causal LM"
         )
-    inputs = {name: batch[name] for name in MODEL_INPUTS if name in batch}
     if any(getattr(lm.config, key, None) for key in LOGIT_TRANSFORMS):
-        # the model changes its logits after the output layer: use its own loss
-        return model(**inputs, labels=batch["labels"], use_cache=False).loss
+        return None
+    inputs = {name: batch[name] for name in MODEL_INPUTS if name in batch}
     hidden = decoder(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     states, labels = hidden[:, :-1][keep], targets[keep]
     if output_ids is None:
-        logits = head(states)
-    else:
-        logits, labels = _restricted_logits(head, states, labels, output_ids)
-    if logits.shape[0] == 0:  # no labelled token: zero loss that still has a graph
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)
+        return head(states), labels
+    return _restricted_logits(head, states, labels, output_ids)
 
 
 def _restricted_logits(

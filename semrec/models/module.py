@@ -14,7 +14,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from semrec.decoding import ConstrainedBeamSearch, SIDTrie
 from semrec.metrics.ranking import TopKRankingMetrics
-from semrec.models.loss import response_loss
+from semrec.models.loss import labelled_logits, response_loss
 from semrec.prompts.batching import IGNORE_INDEX
 
 
@@ -41,6 +41,10 @@ class GenRecModule(L.LightningModule):
 
     ``output_ids`` (sorted token ids) restricts the training softmax to those tokens (the
     SID tokens, ``train.softmax: sid_tokens``).
+
+    With ``distillation`` (:class:`~semrec.models.distillation.TeacherDistillation`) the
+    loss mixes the labels' cross-entropy with a collaborative teacher's soft targets
+    (``train.distill``); ``train/label_loss`` and ``train/distill_loss`` are logged too.
 
     Full Lightning checkpoints (for resuming) hold only the trainable parameters (the
     frozen base is rebuilt from the config) plus the torch/numpy/python RNG states.
@@ -73,8 +77,10 @@ class GenRecModule(L.LightningModule):
         trie_builder: Any | None = None,
         batch_encoder: Any | None = None,
         output_ids: torch.Tensor | None = None,
+        distillation: Any | None = None,
     ) -> None:
         super().__init__()
+        self.distillation = distillation
         #: with ``train.softmax: sid_tokens``, the sorted token ids the training softmax covers
         self.output_ids = output_ids
         if joint is not None and trie_builder is None:
@@ -128,9 +134,12 @@ class GenRecModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # the output layer runs only where a label is (see semrec.models.loss)
-        loss = response_loss(self.model, batch, self.output_ids)
-        tokens = (batch["labels"] != IGNORE_INDEX).sum()
         size = batch["input_ids"].shape[0]
+        if self.distillation is None:
+            loss = response_loss(self.model, batch, self.output_ids)
+        else:
+            loss = self._distilled_loss(batch, size)
+        tokens = (batch["labels"] != IGNORE_INDEX).sum()
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         if self.joint is not None:
             for name, value in self._joint_report.items():
@@ -151,6 +160,18 @@ class GenRecModule(L.LightningModule):
             sync_dist=True,
         )
         return loss
+
+    def _distilled_loss(self, batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        scored = labelled_logits(self.model, batch, self.output_ids)
+        if scored is None:
+            raise NotImplementedError(
+                "train.distill: this model transforms its logits after the output layer "
+                "(softcapping or a logit scale), which distillation does not apply"
+            )
+        parts = self.distillation.loss(scored[0], batch, self.output_ids)
+        self.log("train/label_loss", parts["label"], batch_size=size)
+        self.log("train/distill_loss", parts["distill"], batch_size=size)
+        return parts["total"]
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Raise :class:`NonFiniteLossError` before a NaN or infinite loss updates the weights."""

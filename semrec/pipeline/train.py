@@ -101,6 +101,11 @@ class TrainStage:
             trie_builder=joint.trie_builder(self.tokenizers.tokenizer, hf_tokenizer),
             batch_encoder=getattr(datamodule.training, "encode_pending", None),
             sid_token_ids=sid_ids,
+            distillation=None
+            if reused is not None
+            else training.distillation(
+                cfg, self.tokenizers.inputs.data.split, datamodule.training, context.echo
+            ),
         )
         if reused is not None:
             context.echo(f"[train] reused {reused}")

@@ -34,8 +34,9 @@ prompt does, so with a prefix and rotary positions windows are exact only with
 ``window_items: 1``.
 
 A window is one training item; batches hold ``attention_mask`` as a boolean
-``[B, 1, T, T]`` mask (True: may attend), ``position_ids``, ``examples`` (prefixes) and
-``tokens`` (non-padding tokens). Positions restart at 0 in every window: with rotary
+``[B, 1, T, T]`` mask (True: may attend), ``position_ids``, ``examples`` (prefixes),
+``tokens`` (non-padding tokens), ``window_items`` (each window's items, ``-1`` padded) and
+``first_target`` (the index of each window's first predicted item). Positions restart at 0 in every window: with rotary
 position embeddings (LLaMA) attention depends only on the distance between tokens, so a
 prefix scores the same in a window and in its standalone prompt.
 """
@@ -64,6 +65,9 @@ class Window:
     item_position: torch.Tensor
     labels: torch.Tensor
     examples: int
+    #: the window's items, and the index of the first one predicted
+    items: tuple[int, ...] = ()
+    first_target: int = 0
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,8 @@ class CompactSequences:
             torch.tensor(positions, dtype=torch.long),
             torch.tensor(labels, dtype=torch.long),
             plan.examples,
+            plan.items,
+            plan.first_target,
         )
 
     # ---------------------------------------------------------------- training
@@ -262,7 +268,9 @@ class CompactSequences:
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
         item_position = torch.full((batch, width), PADDING_POSITION, dtype=torch.long)
+        window_items = torch.full((batch, max(len(w.items) for w in windows)), -1)
         for row, window in enumerate(windows):
+            window_items[row, : len(window.items)] = torch.tensor(window.items)
             n = len(window.input_ids)
             input_ids[row, :n] = window.input_ids
             labels[row, :n] = window.labels
@@ -280,6 +288,8 @@ class CompactSequences:
             "labels": labels,
             "examples": torch.tensor(sum(w.examples for w in windows)),
             "tokens": torch.tensor(sum(len(w.input_ids) for w in windows)),
+            "window_items": window_items,
+            "first_target": torch.tensor([w.first_target for w in windows]),
         }
 
     # -------------------------------------------------------------- evaluation
