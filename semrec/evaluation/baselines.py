@@ -103,6 +103,16 @@ class BaselineResults:
     rankings: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
+def fitted_baseline(cfg: EvalConfig, name: str, seed: int, split: Split):
+    """The learned baseline ``name`` (SASRec, GRU4Rec) as its row in the test uses it: built
+    from ``eval.baseline_params`` (``seed`` unless they set one), fitted on ``split`` or
+    reused from the cache of fitted models (its ``from_cache`` says which)."""
+    from semrec.cf import fit_cached
+
+    params = {"seed": seed, **cfg.baseline_params.get(name, {})}
+    return fit_cached(BASELINES.get(name)(**params), split)
+
+
 def run_baselines(
     cfg: EvalConfig,
     seed: int,
@@ -116,19 +126,17 @@ def run_baselines(
     Learned baselines (SASRec, GRU4Rec) are fitted on ``split`` or reused from the cache of
     fitted models (``cache_dir()/cf``); their seed defaults to ``seed``.
     """
-    from semrec.cf import SequentialRecommender, fit_cached
+    from semrec.cf import SequentialRecommender
 
     results = BaselineResults()
     for name in cfg.baselines:
         factory = BASELINES.get(name)
-        params = dict(cfg.baseline_params.get(name, {}))
         learned = isinstance(factory, type) and issubclass(factory, SequentialRecommender)
-        if learned:
-            params.setdefault("seed", seed)
-        baseline = factory(**params)
         start = time.perf_counter()
-        if learned:
-            fit_cached(baseline, split)
+        if not learned:
+            baseline = factory(**cfg.baseline_params.get(name, {}))
+        else:
+            baseline = fitted_baseline(cfg, name, seed, split)
             stopped = (
                 f"stopped early (best epoch {baseline.best_epoch})"
                 if baseline.epochs_run < baseline.max_epochs

@@ -39,10 +39,9 @@ def reward(config: ExperimentConfig, split: Split, echo: Callable[[str], None] =
     factory = REWARDS.get(name)
     if name != "collaborative":
         return factory()
-    from semrec.cf import SASRec, fit_cached
+    from semrec.evaluation.baselines import fitted_baseline
 
-    params = {"seed": config.seed, **config.eval.baseline_params.get("sasrec", {})}
-    recommender = fit_cached(SASRec(**params), split)
+    recommender = fitted_baseline(config.eval, "sasrec", config.seed, split)
     echo(
         "[post] collaborative reward: SASRec "
         + ("reused from the cache" if recommender.from_cache else "fitted")

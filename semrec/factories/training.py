@@ -65,12 +65,10 @@ def distillation(
     distill = config.train.distill
     if distill is None:
         return None
-    from semrec.cf import fit_cached
-    from semrec.evaluation.baselines import BASELINES
+    from semrec.evaluation.baselines import fitted_baseline
     from semrec.models.distillation import TeacherDistillation
 
-    params = {"seed": config.seed, **config.eval.baseline_params.get(distill.teacher, {})}
-    teacher = fit_cached(BASELINES.get(distill.teacher)(**params), split)
+    teacher = fitted_baseline(config.eval, distill.teacher, config.seed, split)
     echo(
         f"[train] distilling from {distill.teacher} (weight {distill.weight}, temperature "
         f"{distill.temperature}): " + ("reused from the cache" if teacher.from_cache else "fitted")

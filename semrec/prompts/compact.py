@@ -66,8 +66,8 @@ class Window:
     labels: torch.Tensor
     examples: int
     #: the window's items, and the index of the first one predicted
-    items: tuple[int, ...] = ()
-    first_target: int = 0
+    items: tuple[int, ...]
+    first_target: int
 
 
 @dataclass(frozen=True)
