@@ -16,8 +16,14 @@ prefixes. They differ only in what semrec changes:
   labelled positions);
 - ``windows``: ``model.prompt_format: compact``: one window of a user's sequence scores
   up to ``model.compact_window`` targets in one pass (``semrec.prompts.compact``);
+- ``text_packed``: the same pairs packed into sequences of ``--pack-tokens`` tokens
+  (``train.pack_tokens``: each pair attends only to itself), ``--pack-batch`` packs a step;
 - ``windows_keep_N``: the same windows on the backbone's first ``N`` layers
   (``model.keep_layers``), for each ``--keep-layers`` value;
+- ``windows_keep_N_upper_lora``: those windows with LoRA only in the upper half of the
+  layers and the SID rows frozen at their item-text initialisation (``model.lora.layers``,
+  ``model.lora.new_tokens: frozen``, ``model.semantic_init``), so the backward pass stops
+  at the middle (with the SID softmax);
 - ``..._sid_softmax``: each windows case with the training softmax over the SID tokens only
   (``train.softmax: sid_tokens``: the output layer computes 768 rows instead of 49k).
 
@@ -112,6 +118,8 @@ def main() -> None:
     parser.add_argument(
         "--keep-layers", default="8", help="comma-separated model.keep_layers cases ('' for none)"
     )
+    parser.add_argument("--pack-tokens", type=int, default=512, help="train.pack_tokens")
+    parser.add_argument("--pack-batch", type=int, default=2, help="packs per step")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.batch_size=4")
     args = parser.parse_args()
     if args.threads:
@@ -123,6 +131,7 @@ def main() -> None:
         "model.compact_instruction=null",
         "model.compact_title_tokens=0",
         "train.max_train_samples=2000",  # the pairs are a random sample of all prefixes
+        "train.distill=null",  # distillation needs windows (and is not what is timed here)
         *args.overrides,
     ]
     model, training, precision, config, _ = build(args.config, text)
@@ -145,6 +154,15 @@ def main() -> None:
             response_loss,
         ),
     }
+    # the same sample of pairs, packed (train.pack_tokens), through the text source itself
+    _, packed, _, _, _ = build(args.config, [*text, f"train.pack_tokens={args.pack_tokens}"])
+    packs = list(packed.epoch_items(0))
+    order = epoch_batches([packed.length(p) for p in packs], args.pack_batch, config.seed)
+    cases["text_packed"] = (
+        model,
+        [packed.collate([packs[i] for i in batch]) for batch in order[:needed]],
+        response_loss,
+    )
     depths = [None] + [int(n) for n in args.keep_layers.split(",") if n.strip()]
     for depth in depths:
         windowed = [
@@ -163,6 +181,23 @@ def main() -> None:
         output_ids = torch.tensor(sorted(sid_ids))
         cases[f"{name}_sid_softmax"] = (
             model_w,
+            batches,
+            functools.partial(response_loss, output_ids=output_ids),
+        )
+        if depth is None:
+            continue
+        # LoRA only in the upper half, SID rows frozen: nothing below the middle trains
+        upper = [
+            *windowed,
+            f"model.lora.layers=[{','.join(str(n) for n in range(depth // 2, depth))}]",
+            "model.lora.new_tokens=frozen",
+            # frozen rows must start apart (from text), or every SID scores the same
+            "model.semantic_init.enabled=true",
+            "model.semantic_init.source=item_texts",
+        ]
+        model_u, _, _, _, _ = build(args.config, upper)
+        cases[f"{name}_upper_lora"] = (
+            model_u,
             batches,
             functools.partial(response_loss, output_ids=output_ids),
         )

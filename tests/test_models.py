@@ -238,3 +238,62 @@ def test_unknown_new_tokens_mode_is_rejected() -> None:
     model, _, ids = tiny_with_sids()
     with pytest.raises(ValueError, match="new_tokens"):
         apply_lora(model, ids, new_tokens="everything")  # type: ignore[arg-type]
+
+
+def test_lora_in_upper_layers_only_stops_the_backward_pass_below_them() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), hidden_size=HIDDEN, layers=3, seed=0)
+    ids = add_sid_tokens(model, tok, SIDS)
+    peft_model = apply_lora(model, ids, r=4, alpha=8, dropout=0.0, new_tokens="frozen", layers=[2])
+    adapted = {
+        name.split(".layers.")[1].split(".")[0]
+        for name, p in peft_model.named_parameters()
+        if p.requires_grad
+    }
+    assert adapted == {"2"}  # every trainable tensor sits in layer 2
+    layers = peft_model.get_base_model().model.layers
+    outputs = {}
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out, n=n: outputs.__setitem__(n, out))
+        for n, layer in enumerate(layers)
+    ]
+    input_ids = torch.tensor([[5, ids[0], ids[4], 6]])
+    peft_model(input_ids=input_ids, labels=input_ids).loss.backward()
+    for hook in hooks:
+        hook.remove()
+
+    def state(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    # below the adapted layer nothing needs a gradient, so autograd never goes there
+    assert not state(outputs[0]).requires_grad and not state(outputs[1]).requires_grad
+    assert state(outputs[2]).requires_grad
+    grads = [p.grad for p in peft_model.parameters() if p.requires_grad]
+    # every adapter gets a gradient (lora_A's is zero at the start: lora_B starts at zero)
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ValueError, match="outside the model's layers"):
+        apply_lora(tiny_llama(len(tok), hidden_size=HIDDEN, layers=2), ids, layers=[2])
+
+
+def test_lora_layers_must_exist_after_keep_layers() -> None:
+    from semrec.config import ConfigError, load_config
+    from tests.test_posttrain import TINY
+
+    quickstart = TINY.parent / "quickstart.yaml"
+    assert load_config(quickstart, ["model.lora.layers=[2, 3]"]).model.lora.layers == [2, 3]
+    with pytest.raises(ConfigError, match="keep_layers: 4 keeps layers 0-3"):
+        load_config(quickstart, ["model.lora.layers=[3, 4]"])
+    with pytest.raises(ConfigError, match="distinct layer indices"):
+        load_config(quickstart, ["model.lora.layers=[2, 2]"])
+
+
+def test_frozen_sid_rows_must_start_apart() -> None:
+    from semrec.config import ConfigError, load_config
+    from tests.test_posttrain import TINY
+
+    quickstart = TINY.parent / "quickstart.yaml"
+    with pytest.raises(ConfigError, match="all \\(almost\\) equal"):
+        load_config(quickstart, ["model.lora.new_tokens=frozen"])
+    text_rows = ["model.lora.new_tokens=frozen", "model.semantic_init.enabled=true"]
+    text_rows.append("model.semantic_init.source=item_texts")
+    assert load_config(quickstart, text_rows).model.lora.new_tokens == "frozen"

@@ -135,6 +135,16 @@ class LoraConfig(_Section):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
     new_tokens: Literal["token_indices", "full_embeddings", "frozen"] = "token_indices"
+    # decoder layers (0-based, after model.keep_layers) that get LoRA (null: all); with
+    # only upper layers and new_tokens: frozen the backward pass stops below them
+    layers: list[int] | None = None
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and (not layers or min(layers) < 0 or len(set(layers)) < len(layers)):
+            raise ValueError(f"must be distinct layer indices >= 0 (null: all), got {layers}")
+        return layers
 
 
 class SemanticInitConfig(_Section):
@@ -339,6 +349,10 @@ class TrainConfig(_Section):
     progress_bar: bool = True
     # batches of similar-length items (less padding); every item still once per epoch
     bucket_by_length: bool = True
+    # text formats: pack each epoch's instruction pairs into training sequences of at most
+    # this many tokens, each pair attending only to itself (null: one pair per row);
+    # batch_size then counts packed sequences (semrec.prompts.packing)
+    pack_tokens: int | None = Field(None, ge=16)
     num_threads: int | None = None
     # full Lightning checkpoints (optimizer, scheduler, step, RNG, data position) for
     # `semrec fit --resume`, under run_dir/checkpoints/: every this many optimizer steps and

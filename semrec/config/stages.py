@@ -127,6 +127,8 @@ LATE_KEYS = (
     "train.post",
     "eval.fusion",
     "train.distill",
+    "train.pack_tokens",
+    "model.lora.layers",
 )
 
 

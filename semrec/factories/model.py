@@ -87,6 +87,7 @@ def build_model(
             target_modules=lora.target_modules,
             new_tokens=lora.new_tokens,
             quantized=cfg.quantization is not None,
+            layers=lora.layers,
         )
     elif cfg.quantization is not None:
         raise RunError("model.quantization needs model.lora.enabled: true (QLoRA)")

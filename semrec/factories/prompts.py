@@ -120,6 +120,7 @@ def task_pairs(
         max_train_samples=config.train.max_train_samples,
         seed=config.seed,
         placeholders=placeholders,
+        pack_tokens=config.train.pack_tokens,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
@@ -22,6 +23,7 @@ def apply_lora(
     target_modules: list[str] | str = "all-linear",
     new_tokens: NewTokenTraining = "token_indices",
     quantized: bool = False,
+    layers: list[int] | None = None,
 ) -> PeftModel:
     """Wrap ``model`` with LoRA adapters; make the SID embedding rows trainable.
 
@@ -32,6 +34,11 @@ def apply_lora(
       input embedding (and of a tied output layer), ~0.3% of SmolLM2's parameters;
     - ``full_embeddings``: trainable full copies of ``embed_tokens`` and ``lm_head``;
     - ``frozen``: leave them frozen (an ablation, not a sensible default).
+
+    ``layers`` (decoder layer indices; None: every layer) puts LoRA in those layers only
+    (PEFT's ``layers_to_transform``). With LoRA only in the upper layers and the SID rows
+    ``frozen``, nothing below the lowest adapted layer trains, so the backward pass stops
+    there.
     """
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -46,16 +53,44 @@ def apply_lora(
             extra["ensure_weight_tying"] = True
     elif new_tokens != "frozen":
         raise ValueError(f"unknown new_tokens mode {new_tokens!r}")
+    if layers is not None:
+        depth = model.config.get_text_config().num_hidden_layers
+        if not all(0 <= layer < depth for layer in layers):
+            raise ValueError(
+                f"model.lora.layers: {layers} outside the model's layers 0-{depth - 1}"
+            )
+        target_modules = _named_targets(model, target_modules)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
         task_type="CAUSAL_LM",
+        layers_to_transform=None if layers is None else sorted(layers),
         **extra,
     )
     with hide_known_warnings():
         return get_peft_model(model, config)
+
+
+def _named_targets(model: PreTrainedModel, target_modules: list[str] | str) -> list[str]:
+    """``target_modules`` as module names (PEFT's ``layers_to_transform`` takes no pattern):
+    ``all-linear`` becomes the names of the linear layers inside the decoder layers."""
+    if isinstance(target_modules, list):
+        return target_modules
+    if target_modules != "all-linear":
+        raise ValueError(
+            f"model.lora.layers needs model.lora.target_modules as a list of module names "
+            f"or 'all-linear', got the pattern {target_modules!r}"
+        )
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head and ".layers." in name
+        }
+    )
 
 
 def _supports_weight_tying() -> bool:

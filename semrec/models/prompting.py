@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from semrec.prompts.batching import IGNORE_INDEX, left_pad
+from semrec.prompts.packing import collate_packs
 
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
@@ -75,6 +76,12 @@ class PromptFormatter:
             labels[row, : len(labs)] = torch.tensor(labs)
             attention[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+    def collate_packs(
+        self, packs: list[tuple[tuple[list[int], list[int]], ...]]
+    ) -> dict[str, torch.Tensor]:
+        """A batch of packed pairs: each attends only to itself (block-diagonal mask)."""
+        return collate_packs(packs, self.tokenizer.pad_token_id)
 
     def collate_prompts(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad prompts for generation."""

@@ -132,6 +132,13 @@ class TrainStage:
             f"{training.resolve_precision(cfg.train)}, validation on "
             f"{len(datamodule.valid_examples)} users"
         )
+        if cfg.train.pack_tokens is not None:
+            packs = datamodule.training.epoch_items(0)
+            context.echo(
+                f"[train] pairs packed into {len(packs)} sequences of at most "
+                f"{cfg.train.pack_tokens} tokens (train.pack_tokens); a batch holds "
+                f"{cfg.train.batch_size} sequences"
+            )
         if resume_from is not None:
             context.echo(f"[train] resuming from {resume_from}")
         best = BestAdapterCheckpoint(adapter_dir, training.monitored_metric(cfg), dynamic)

@@ -26,6 +26,12 @@ class PromptEncoder(Protocol):
         """A right-padded training batch (``input_ids``, ``attention_mask``, ``labels``)."""
         ...
 
+    def collate_packs(
+        self, packs: list[tuple[tuple[list[int], list[int]], ...]]
+    ) -> dict[str, torch.Tensor]:
+        """A training batch of packed pairs (:func:`~semrec.prompts.packing.collate_packs`)."""
+        ...
+
     def prompt_ids(self, instruction: str) -> list[int]:
         """Token ids of a generation prompt."""
         ...

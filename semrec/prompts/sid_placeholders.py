@@ -105,5 +105,8 @@ class ResolvingEncoder:
     def collate_pairs(self, encoded):
         return self.encoder.collate_pairs(encoded)
 
+    def collate_packs(self, packs):
+        return self.encoder.collate_packs(packs)
+
     def collate_prompts(self, prompt_ids):
         return self.encoder.collate_prompts(prompt_ids)

@@ -9,6 +9,10 @@ users by placeholder, and each batch is tokenized as its training step begins
 (:meth:`TaskPairs.encode_pending`), with the SIDs of that step; training batches then also
 carry ``sid_items`` / ``sid_users``, the rows they mention. Eval prompts are tokenized when
 collated (codes do not change during evaluation).
+
+With ``pack_tokens`` an epoch's pairs are packed into sequences of at most that many tokens
+(:mod:`semrec.prompts.packing`: each pair attends only to itself and keeps its positions),
+and a batch holds ``batch_size`` packs.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from semrec.data.split import Example
 from semrec.prompts.batching import PromptEncoder
 from semrec.prompts.datamodule import padded
+from semrec.prompts.packing import pack_indices
 from semrec.prompts.sid_placeholders import ResolvingEncoder, SIDPlaceholders
 from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
 
@@ -29,7 +34,8 @@ EncodedPair = tuple[list[int], list[int]]
 class TaskPairs:
     """A :class:`~semrec.prompts.datamodule.TrainingData` source of (prompt, response) pairs.
 
-    ``max_train_samples`` keeps the first that many pairs of each (shuffled) epoch.
+    ``max_train_samples`` keeps the first that many pairs of each (shuffled) epoch;
+    ``pack_tokens`` packs them into training sequences of at most that many tokens.
     """
 
     def __init__(
@@ -42,7 +48,14 @@ class TaskPairs:
         max_train_samples: int | None = None,
         seed: int = 0,
         placeholders: SIDPlaceholders | None = None,
+        pack_tokens: int | None = None,
     ) -> None:
+        if pack_tokens is not None and placeholders is not None:
+            raise ValueError(
+                "packing needs pairs tokenized once per epoch; pairs with SID placeholders "
+                "(a tokenizer trained with the LLM) are tokenized per step"
+            )
+        self.pack_tokens = pack_tokens
         self.ctx = ctx
         self.tasks = tasks
         self.eval_task = eval_task
@@ -53,11 +66,11 @@ class TaskPairs:
         )
         self.max_train_samples = max_train_samples
         self.seed = seed
-        self._epoch: tuple[int, list[Sample], list[EncodedPair]] | None = None
+        self._epoch: tuple[int, list[Sample], list] | None = None
         for task, _ in tasks:
             task.check(ctx)
 
-    def _build(self, epoch: int) -> tuple[list[Sample], list[EncodedPair]]:
+    def _build(self, epoch: int) -> tuple[list[Sample], list]:
         if self._epoch is None or self._epoch[0] != epoch:
             rng = random.Random(self.seed * 1_000_003 + epoch)
             samples = build_mixture(self.tasks, self.ctx, rng)
@@ -72,6 +85,9 @@ class TaskPairs:
                     (s, len(self._plain.encode_pair(fixed(s.prompt), fixed(s.response))[0]))
                     for s in samples
                 ]
+            if self.pack_tokens is not None:
+                groups = pack_indices([len(ids) for ids, _ in encoded], self.pack_tokens)
+                encoded = [tuple(encoded[i] for i in group) for group in groups]
             self._epoch = (epoch, samples, encoded)
         return self._epoch[1], self._epoch[2]
 
@@ -81,14 +97,19 @@ class TaskPairs:
 
     def epoch_items(self, epoch: int) -> list:
         """The epoch's pairs as (input_ids, labels), tokenized once per epoch; with
-        placeholders, as (sample, token count) pairs tokenized when batched."""
+        ``pack_tokens``, tuples of such pairs (packs); with placeholders, (sample, token
+        count) pairs tokenized when batched."""
         return self._build(epoch)[1]
 
     def length(self, item) -> int:
-        return item[1] if self.placeholders is not None else len(item[0])
+        if self.placeholders is not None:
+            return item[1]
+        if self.pack_tokens is not None:
+            return sum(len(ids) for ids, _ in item)
+        return len(item[0])
 
     def examples_per_epoch(self, epoch: int) -> int:
-        return len(self.epoch_items(epoch))
+        return len(self.epoch_samples(epoch))
 
     def collate(self, items: list) -> dict:
         """A training batch; with placeholders, ``{"pending": samples}`` for
@@ -108,10 +129,15 @@ class TaskPairs:
             out[f"sid_{name}"] = padded([rows])[0]
         return out
 
-    def _batch(self, items: list[EncodedPair]) -> dict[str, torch.Tensor]:
-        batch = self.formatter.collate_pairs(items)
-        batch["examples"] = torch.tensor(len(items))
-        batch["tokens"] = batch["attention_mask"].sum()
+    def _batch(self, items: list) -> dict[str, torch.Tensor]:
+        if self.pack_tokens is not None:
+            batch = self.formatter.collate_packs(items)
+            pairs = [pair for pack in items for pair in pack]
+        else:
+            batch = self.formatter.collate_pairs(items)
+            pairs = items
+        batch["examples"] = torch.tensor(len(pairs))
+        batch["tokens"] = torch.tensor(sum(len(ids) for ids, _ in pairs))
         return batch
 
     def eval_prompts(self, examples: list[Example]) -> list:
