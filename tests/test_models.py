@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_posttrain import TINY
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from semrec.config import ConfigError, load_config
 from semrec.models.adapters import apply_lora, count_parameters
 from semrec.models.backbone import tiny_llama, tiny_tokenizer
 from semrec.models.vocabulary import add_sid_tokens
@@ -276,9 +278,6 @@ def test_lora_in_upper_layers_only_stops_the_backward_pass_below_them() -> None:
 
 
 def test_lora_layers_must_exist_after_keep_layers() -> None:
-    from semrec.config import ConfigError, load_config
-    from tests.test_posttrain import TINY
-
     quickstart = TINY.parent / "quickstart.yaml"
     assert load_config(quickstart, ["model.lora.layers=[2, 3]"]).model.lora.layers == [2, 3]
     with pytest.raises(ConfigError, match="keep_layers: 4 keeps layers 0-3"):
@@ -288,9 +287,6 @@ def test_lora_layers_must_exist_after_keep_layers() -> None:
 
 
 def test_frozen_sid_rows_must_start_apart() -> None:
-    from semrec.config import ConfigError, load_config
-    from tests.test_posttrain import TINY
-
     quickstart = TINY.parent / "quickstart.yaml"
     with pytest.raises(ConfigError, match="all \\(almost\\) equal"):
         load_config(quickstart, ["model.lora.new_tokens=frozen"])

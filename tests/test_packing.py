@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from test_posttrain import TINY, tiny_model
 
 from semrec.config import ConfigError, load_config
 from semrec.models.loss import labelled_logits, response_loss
@@ -14,7 +15,6 @@ from semrec.prompts import task_pairs
 from semrec.prompts.batching import IGNORE_INDEX
 from semrec.prompts.packing import collate_packs, pack_indices
 from semrec.tasks.base import Sample
-from tests.test_posttrain import TINY, tiny_model
 
 PAD = 0  # the tiny model's pad_token_id
 
