@@ -162,3 +162,14 @@ def test_a_student_learns_the_rule_from_the_teacher_alone(tmp_path: Path) -> Non
     assert any("sasrec" in line and "reused from the cache" in line for line in lines)
     logged = (next((run_dir / "logs").glob("version_*")) / "metrics.csv").read_text()
     assert "train/distill_loss" in logged and "train/label_loss" in logged
+
+
+def test_no_teacher_is_fitted_when_nothing_trains(tmp_path: Path) -> None:
+    overrides = [*SCRATCH_DISTILLED, "train.epochs=0", "eval.baselines=[]"]
+    overrides.remove(
+        "eval.baseline_params={sasrec: {max_epochs: 20, batch_size: 16, num_threads: 1}}"
+    )
+    lines: list[str] = []
+    Run(load_config(TINY, overrides), tmp_path / "untrained", echo=lines.append).fit()
+    assert any("skipped (train.epochs: 0)" in line for line in lines)
+    assert not any("distilling" in line or "sasrec" in line for line in lines)

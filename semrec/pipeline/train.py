@@ -101,8 +101,9 @@ class TrainStage:
             trie_builder=joint.trie_builder(self.tokenizers.tokenizer, hf_tokenizer),
             batch_encoder=getattr(datamodule.training, "encode_pending", None),
             sid_token_ids=sid_ids,
+            # the teacher is fitted only for a training that will run
             distillation=None
-            if reused is not None
+            if reused is not None or cfg.train.epochs == 0 or cfg.train.max_steps == 0
             else training.distillation(
                 cfg, self.tokenizers.inputs.data.split, datamodule.training, context.echo
             ),
