@@ -80,6 +80,7 @@ def check_components(config: ExperimentConfig) -> None:
     _check_post_training(config)
     _check_distillation(config)
     _check_packing(config)
+    _check_lora(config)
     fusion = config.eval.fusion
     if fusion is not None and fusion.baseline not in config.eval.baselines:
         raise ConfigError(
@@ -182,28 +183,6 @@ def _check_prompt_format(config: ExperimentConfig) -> None:
         raise ConfigError(
             "model.keep_layers: drops layers of a pretrained backbone; the scratch "
             "backbone's depth is model.scratch.layers"
-        )
-    frozen_alike = (
-        model.lora.enabled
-        and model.lora.new_tokens == "frozen"
-        and model.embedding_init in ("mean", "mean_resizing")
-        and not model.semantic_init.enabled
-    )
-    if frozen_alike and model.backbone != "scratch":
-        # transformers' mean_resizing draws from N(mean, 1e-9 * covariance): every new row is
-        # the mean to ~5 digits; a trial trained at a constant loss of ln(768) for 434 steps
-        raise ConfigError(
-            f"model.lora.new_tokens: frozen keeps the SID rows as model.embedding_init "
-            f"({model.embedding_init!r}) leaves them, all (almost) equal, so the model can "
-            "never tell one SID token from another; start them from text "
-            "(model.semantic_init: {enabled: true, source: item_texts}) or let them train "
-            "(new_tokens: token_indices)"
-        )
-    layers = model.lora.layers
-    if layers is not None and model.keep_layers is not None and max(layers) >= model.keep_layers:
-        raise ConfigError(
-            f"model.lora.layers: {layers} names a layer the model no longer has "
-            f"(model.keep_layers: {model.keep_layers} keeps layers 0-{model.keep_layers - 1})"
         )
     if compact:
         _check_compact_tasks(config)
@@ -340,6 +319,33 @@ def _check_distillation(config: ExperimentConfig) -> None:
         raise ConfigError(
             "train.distill: the teacher's soft targets are built on the items' SIDs, which a "
             "tokenizer trained with the LLM changes; distil into a run with fixed SIDs"
+        )
+
+
+def _check_lora(config: ExperimentConfig) -> None:
+    """``model.lora``: frozen SID rows must start apart; adapted layers must exist."""
+    model = config.model
+    frozen_alike = (
+        model.lora.enabled
+        and model.lora.new_tokens == "frozen"
+        and model.embedding_init in ("mean", "mean_resizing")
+        and not model.semantic_init.enabled
+    )
+    if frozen_alike:
+        # transformers' mean_resizing draws from N(mean, 1e-9 * covariance): every new row is
+        # the mean to ~5 digits; a trial trained at a constant loss of ln(768) for 434 steps
+        raise ConfigError(
+            f"model.lora.new_tokens: frozen keeps the SID rows as model.embedding_init "
+            f"({model.embedding_init!r}) leaves them, all (almost) equal, so the model can "
+            "never tell one SID token from another; start them from text "
+            "(model.semantic_init: {enabled: true, source: item_texts}) or let them train "
+            "(new_tokens: token_indices)"
+        )
+    layers = model.lora.layers
+    if layers is not None and model.keep_layers is not None and max(layers) >= model.keep_layers:
+        raise ConfigError(
+            f"model.lora.layers: {layers} names a layer the model no longer has "
+            f"(model.keep_layers: {model.keep_layers} keeps layers 0-{model.keep_layers - 1})"
         )
 
 

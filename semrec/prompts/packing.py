@@ -30,7 +30,7 @@ def pack_indices(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
     Best-fit decreasing: the longest item first, each into the fullest pack it still fits
     (a new pack when none has room). Every index is in exactly one group; an item longer
-    than ``capacity`` is a group of its own. Within a group indices keep their order.
+    than ``capacity`` is a group of its own. Each group lists its indices in ascending order.
     """
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}")
