@@ -75,7 +75,8 @@ def apply_lora(
 
 def _named_targets(model: PreTrainedModel, target_modules: list[str] | str) -> list[str]:
     """``target_modules`` as module names (PEFT's ``layers_to_transform`` takes no pattern):
-    ``all-linear`` becomes the names of the linear layers inside the decoder layers."""
+    ``all-linear`` becomes the names of the linear layers other than the output layer, as
+    PEFT resolves it (``layers_to_transform`` then keeps them to the chosen layers)."""
     if isinstance(target_modules, list):
         return target_modules
     if target_modules != "all-linear":
@@ -88,7 +89,7 @@ def _named_targets(model: PreTrainedModel, target_modules: list[str] | str) -> l
         {
             name.rsplit(".", 1)[-1]
             for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head and ".layers." in name
+            if isinstance(module, torch.nn.Linear) and module is not head
         }
     )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from semrec.prompts.batching import IGNORE_INDEX, left_pad
+from semrec.prompts.batching import IGNORE_INDEX, EncodedPair, left_pad
 from semrec.prompts.packing import collate_packs
 
 PLAIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -77,9 +77,7 @@ class PromptFormatter:
             attention[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
-    def collate_packs(
-        self, packs: list[tuple[tuple[list[int], list[int]], ...]]
-    ) -> dict[str, torch.Tensor]:
+    def collate_packs(self, packs: list[tuple[EncodedPair, ...]]) -> dict[str, torch.Tensor]:
         """A batch of packed pairs: each attends only to itself (block-diagonal mask)."""
         return collate_packs(packs, self.tokenizer.pad_token_id)
 

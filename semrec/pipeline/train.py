@@ -88,6 +88,7 @@ class TrainStage:
         adapter_dir = context.run_dir / "adapter"
         fingerprint = stage.train_fingerprint()
         reused = stage.load_trained(model, hf_tokenizer, required=not allow_training)
+        nothing_to_train = cfg.train.epochs == 0 or cfg.train.max_steps == 0
         datamodule = stage.datamodule(hf_tokenizer)
         exact = decoding.exact_ranker(cfg.eval, self.tokenizers.inputs.data.dataset.num_items)
         module = training.build_module(
@@ -103,7 +104,7 @@ class TrainStage:
             sid_token_ids=sid_ids,
             # the teacher is fitted only for a training that will run
             distillation=None
-            if reused is not None or cfg.train.epochs == 0 or cfg.train.max_steps == 0
+            if reused is not None or nothing_to_train
             else training.distillation(
                 cfg, self.tokenizers.inputs.data.split, datamodule.training, context.echo
             ),
@@ -118,7 +119,7 @@ class TrainStage:
             context.write_config()
             with atomic_dir(context.run_dir / "hf_tokenizer") as tmp:
                 hf_tokenizer.save_pretrained(tmp)
-        if cfg.train.epochs == 0 or cfg.train.max_steps == 0:
+        if nothing_to_train:
             if context.rank_zero:
                 BestAdapterCheckpoint(adapter_dir, None, dynamic).save(model)
                 context.directory.mark_stage("train", fingerprint)

@@ -14,21 +14,22 @@ import torch
 
 IGNORE_INDEX = -100  # the label of a position the loss skips (prompt, padding)
 
+#: one training pair as (input_ids, labels), labels ``IGNORE_INDEX`` on the prompt
+EncodedPair = tuple[list[int], list[int]]
+
 
 class PromptEncoder(Protocol):
     """Turns (instruction, response) texts into token ids and batches."""
 
-    def encode_pair(self, instruction: str, response: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, instruction: str, response: str) -> EncodedPair:
         """(input_ids, labels) of one training pair; prompt labels are ``IGNORE_INDEX``."""
         ...
 
-    def collate_pairs(self, encoded: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def collate_pairs(self, encoded: list[EncodedPair]) -> dict[str, torch.Tensor]:
         """A right-padded training batch (``input_ids``, ``attention_mask``, ``labels``)."""
         ...
 
-    def collate_packs(
-        self, packs: list[tuple[tuple[list[int], list[int]], ...]]
-    ) -> dict[str, torch.Tensor]:
+    def collate_packs(self, packs: list[tuple[EncodedPair, ...]]) -> dict[str, torch.Tensor]:
         """A training batch of packed pairs (:func:`~semrec.prompts.packing.collate_packs`)."""
         ...
 
@@ -43,6 +44,19 @@ class PromptEncoder(Protocol):
     def collate_prompts(self, prompt_ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """A left-padded generation batch."""
         ...
+
+
+def causal_attention_mask(visible: torch.Tensor) -> torch.Tensor:
+    """The boolean ``[B, 1, T, T]`` attention mask (True: may attend) of a batch whose
+    ``visible[b, q, k]`` says which keys each query may see besides causality.
+
+    A query that may see nothing (padding) attends to itself, so no row is fully masked
+    (SDPA returns NaN for one).
+    """
+    width = visible.shape[-1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=visible.device).tril()
+    eye = torch.eye(width, dtype=torch.bool, device=visible.device)
+    return ((causal & visible) | eye).unsqueeze(1)
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

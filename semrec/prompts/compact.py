@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from semrec.data.split import Example, Split
-from semrec.prompts.batching import IGNORE_INDEX, left_pad
+from semrec.prompts.batching import IGNORE_INDEX, causal_attention_mask, left_pad
 
 #: the item position of prefix tokens: every token may attend to them
 PREFIX_POSITION = -1
@@ -276,14 +276,10 @@ class CompactSequences:
             labels[row, :n] = window.labels
             item_position[row, :n] = window.item_position
         query, key = item_position.unsqueeze(2), item_position.unsqueeze(1)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
         recent = (query - key <= self.max_history) & (key >= 0)
-        mask = causal & (recent | (key == PREFIX_POSITION))
-        # a padded query attends to itself only: no fully masked row (NaN in SDPA)
-        mask |= torch.eye(width, dtype=torch.bool)
         return {
             "input_ids": input_ids,
-            "attention_mask": mask.unsqueeze(1),
+            "attention_mask": causal_attention_mask(recent | (key == PREFIX_POSITION)),
             "position_ids": torch.arange(width).expand(batch, -1).contiguous(),
             "labels": labels,
             "examples": torch.tensor(sum(w.examples for w in windows)),

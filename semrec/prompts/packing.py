@@ -20,9 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from semrec.prompts.batching import IGNORE_INDEX
-
-EncodedPair = tuple[list[int], list[int]]
+from semrec.prompts.batching import IGNORE_INDEX, EncodedPair, causal_attention_mask
 
 
 def pack_indices(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -73,13 +71,10 @@ def collate_packs(packs: Sequence[Sequence[EncodedPair]], pad_id: int) -> dict[s
             positions[row, start:stop] = torch.arange(len(ids))
             segment[row, start:stop] = number
             start = stop
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
     same = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (segment.unsqueeze(1) >= 0)
-    # a padded query attends to itself only: no fully masked row (NaN in SDPA)
-    mask = (causal & same) | torch.eye(width, dtype=torch.bool)
     return {
         "input_ids": input_ids,
-        "attention_mask": mask.unsqueeze(1),
+        "attention_mask": causal_attention_mask(same),
         "position_ids": positions,
         "labels": labels,
     }

@@ -28,8 +28,6 @@ from semrec.prompts.packing import pack_indices
 from semrec.prompts.sid_placeholders import ResolvingEncoder, SIDPlaceholders
 from semrec.tasks.base import RecommendationTask, Sample, Task, TaskContext, build_mixture
 
-EncodedPair = tuple[list[int], list[int]]
-
 
 class TaskPairs:
     """A :class:`~semrec.prompts.datamodule.TrainingData` source of (prompt, response) pairs.
